@@ -1,0 +1,34 @@
+# ftflow — the whole life of a fine-tuning experiment as one DAG.
+#
+# Paths (computed in one place, src/ftflow/paths.py):
+#   resources/models/{model}/                   prefetched or built weights + tokenizer
+#   resources/datasets/{dataset}/data.jsonl     prefetched raw data
+#   resources/prepared/{model}/{dataset}.json   tokenised-cache manifest
+#   results/{model}/{method}/{dataset}/seed{seed}/
+#       run.yaml  checkpoints/  final/  metrics.jsonl
+#   results/report/                             runs.csv, loss curves
+#   logs/{rule}/…, benchmarks/{rule}/…          mirror the wildcards
+#
+#   snakemake --cores 2                  the embedded default (config/config.yaml)
+#   snakemake --profile slurm            the same DAG on a SLURM cluster
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prefetch.smk"
+include: "workflow/rules/dataset.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report.output,

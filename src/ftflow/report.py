@@ -1,0 +1,86 @@
+"""Compare runs: a table of every run and loss curves per grid cell.
+
+Reads only ``metrics.jsonl`` files, whose location encodes the run identity
+(``results/{model}/{method}/{dataset}/seed{seed}/metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+_RUN_RE = re.compile(r"(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<dataset>[^/]+)/seed(?P<seed>\d+)$")
+
+
+def identity(metrics: Path) -> dict:
+    """model, method, dataset, seed from a run's metrics path."""
+    match = _RUN_RE.search(Path(metrics).parent.as_posix())
+    if not match:
+        raise ValueError(f"{metrics}: not inside a run directory ({{model}}/{{method}}/…/seed{{n}})")
+    out = match.groupdict()
+    out["seed"] = int(out["seed"])
+    return out
+
+
+def read_metrics(metrics: Path) -> pd.DataFrame:
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def runs_table(metrics_files: list[Path]) -> pd.DataFrame:
+    """One row per run: identity, steps, first/final/min loss, mean tokens per second."""
+    rows = []
+    for path in metrics_files:
+        frame = read_metrics(path)
+        row = identity(path)
+        row.update(
+            steps=int(frame["step"].max()),
+            first_loss=float(frame["loss"].iloc[0]),
+            final_loss=float(frame["loss"].iloc[-1]),
+            min_loss=float(frame["loss"].min()),
+            mean_grad_norm=float(frame["grad_norm"].mean()),
+            tokens_per_second=float(frame["tokens_per_second"].median()),
+        )
+        if "rewards/accuracies" in frame:
+            row["final_reward_accuracy"] = float(frame["rewards/accuracies"].iloc[-1])
+            row["final_reward_margin"] = float(frame["rewards/margins"].iloc[-1])
+        rows.append(row)
+    columns = ["model", "method", "dataset", "seed"]
+    return pd.DataFrame(rows).sort_values(columns).reset_index(drop=True)
+
+
+def write_csv(table: pd.DataFrame, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+
+
+def loss_figures(metrics_files: list[Path], figures: list[Path]) -> None:
+    """One PNG per grid cell, named ``{model}__{method}__{dataset}.png``; seeds overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_cell: dict[tuple[str, str, str], list[Path]] = defaultdict(list)
+    for path in metrics_files:
+        run = identity(path)
+        by_cell[(run["model"], run["method"], run["dataset"])].append(path)
+    for figure in figures:
+        cell = tuple(Path(figure).stem.split("__"))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for path in sorted(by_cell.get(cell, []), key=lambda p: identity(p)["seed"]):
+            frame = read_metrics(path)
+            ax.plot(frame["step"], frame["loss"], label=f"seed {identity(path)['seed']}")
+        ax.set(title=" / ".join(cell), xlabel="optimizer step", ylabel="training loss")
+        ax.legend()
+        fig.tight_layout()
+        Path(figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(figure, dpi=100)
+        plt.close(fig)

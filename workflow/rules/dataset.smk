@@ -1,0 +1,20 @@
+# Validate, sample, tokenise: one cache entry per (raw content, tokenizer, settings).
+
+
+rule prepare_dataset:
+    input:
+        raw=rules.prefetch_dataset.output.raw,
+        model=rules.prefetch_model.output.model,
+    output:
+        manifest=paths.PREPARED,
+    params:
+        settings=get_prepare_settings,
+    log:
+        paths.log("prepare_dataset", "{model}", "{dataset}"),
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/trl.yaml"
+    script:
+        "../scripts/prepare_dataset.py"

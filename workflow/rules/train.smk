@@ -1,0 +1,44 @@
+# Train one run. checkpoints/ is deliberately not an output: Snakemake deletes the
+# outputs of a failed job, and a retried job resumes from its checkpoints.
+
+
+rule configure_run:
+    output:
+        run_config=paths.RUN_CONFIG,
+    params:
+        resolved=get_resolved_run,
+    log:
+        paths.log("configure_run", paths.RUN),
+    localrule: True
+    conda:
+        "../../envs/trl.yaml"
+    script:
+        "../scripts/configure_run.py"
+
+
+rule train:
+    input:
+        run_config=rules.configure_run.output.run_config,
+        model=rules.prefetch_model.output.model,
+        dataset=rules.prepare_dataset.output.manifest,
+        parent=get_parent_final,
+    output:
+        final=directory(paths.RUN_FINAL),
+        metrics=paths.RUN_METRICS,
+    params:
+        launcher=get_launcher,
+    log:
+        paths.log("train", paths.RUN),
+    benchmark:
+        paths.benchmark("train", paths.RUN)
+    threads: get_train_threads
+    resources:
+        mem_mb=get_train_mem,
+        runtime=get_train_runtime,
+    conda:
+        "../../envs/trl.yaml"
+    shell:
+        "export OMP_NUM_THREADS={threads} && "
+        "{params.launcher} "
+        "{input.run_config} "
+        "> {log} 2>&1"

@@ -1,0 +1,30 @@
+"""Fetch or copy one raw dataset into resources/datasets/{dataset}/data.jsonl."""
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ftflow import prefetch
+
+
+def main(source: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if "url" in source:
+        prefetch.fetch_url(source["url"], out, source["sha256"])
+    elif "hub" in source:
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            repo = prefetch.fetch_hub(
+                source["hub"], source["revision"], Path(tmp) / "repo", "dataset",
+                allow_patterns=[source["file"]],
+            )
+            prefetch.copy_local(repo / source["file"], out)
+            shutil.copyfile(repo / prefetch.MANIFEST_NAME, out.parent / prefetch.MANIFEST_NAME)
+    else:
+        prefetch.copy_local(Path(source["path"]), out)
+    print(f"dataset ready in {out}", file=sys.stderr)
+
+
+if "snakemake" in globals():
+    sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+    main(snakemake.params.source, Path(snakemake.output.raw))  # noqa: F821
