@@ -36,7 +36,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -244,6 +243,7 @@ class LocalSlurm:
         self.env: dict[str, str] = {}
         self.ports: dict[str, int] = {}
         self.startup_seconds: float | None = None
+        self.timings: dict[str, float] = {}  # seconds per start() phase
 
     # ------------------------------------------------------------------ api
     @property
@@ -268,14 +268,19 @@ class LocalSlurm:
         atexit.register(self.stop)
         self._started = True
         try:
-            self._prepare()
-            self._start_munge()
-            self._start_mariadb()
-            self._start_slurmdbd()
-            self._register_accounting()
-            self._start_slurmctld()
-            self._start_slurmd()
-            self._wait_ready()
+            for step in (
+                self._prepare,
+                self._start_munge,
+                self._start_mariadb,
+                self._start_slurmdbd,
+                self._register_accounting,
+                self._start_slurmctld,
+                self._start_slurmd,
+                self._wait_ready,
+            ):
+                t = time.monotonic()
+                step()
+                self.timings[step.__name__.lstrip("_")] = round(time.monotonic() - t, 2)
         except BaseException:
             self.stop()
             raise
@@ -406,11 +411,10 @@ class LocalSlurm:
 
         self.db_password = "ftflow-test-" + os.urandom(6).hex()
         (self.etc / "slurm.conf").write_text(self._slurm_conf())
-        if gpu_files:
-            gres = "".join(f"NodeName={self.node_name} Name=gpu File={f}\n" for f in gpu_files)
-        else:
-            gres = f"NodeName={self.node_name} Name=gpu Count={self.n_gpus}\n"
-        (self.etc / "gres.conf").write_text("AutoDetect=off\n" + gres)
+        (self.etc / "gres.conf").write_text(
+            "AutoDetect=off\n"
+            + "".join(f"NodeName={self.node_name} Name=gpu File={f}\n" for f in gpu_files)
+        )
         dbd_conf = self.etc / "slurmdbd.conf"
         dbd_conf.write_text(self._slurmdbd_conf())
         os.chmod(dbd_conf, 0o600)  # slurmdbd refuses a readable file with a password
@@ -421,31 +425,24 @@ class LocalSlurm:
         self.env = env
 
     def _fake_gpu_devices(self) -> list[str]:
-        """Device files for the fake GPUs, one per GPU.
+        """Device files for the fake GPUs, one per GPU: ``gpus/nvidia0..N-1``.
 
-        slurmd wants character devices and derives the CUDA_VISIBLE_DEVICES
-        index from the trailing number of the file name, so create
-        ``gpus/nvidia0..N-1`` as copies of /dev/null (char 1:3).  (Several
-        ``File=/dev/null`` lines are refused: "gpu duplicate device file
-        name", fatal.)  Where mknod is not permitted (unprivileged container)
-        return [] and gres.conf uses ``Count=N`` without files: jobs still
-        schedule and account gres/gpu, but get no CUDA_VISIBLE_DEVICES.
+        Findings with slurm 22.05: the gpu plugin drops file-less GPUs
+        ("Removing file-less GPU", node then INVAL: "gres/gpu count reported
+        lower than configured"); several ``File=/dev/null`` lines are fatal
+        ("gpu duplicate device file name"); regular files are accepted with an
+        error ("not a valid character or block device") but jobs then get no
+        CUDA_VISIBLE_DEVICES.  Symlinks to /dev/null work: slurmd stat()s the
+        target (a char device) and takes the CUDA_VISIBLE_DEVICES index from
+        the trailing number of the link's name.
         """
-        mode = os.environ.get("FTFLOW_FAKE_GPU_MODE", "mknod")
         files = []
         for i in range(self.n_gpus):
             f = self.workdir / "gpus" / f"nvidia{i}"
-            try:
-                if mode != "mknod":
-                    raise PermissionError(mode)
-                if f.exists() or f.is_symlink():
-                    f.unlink()
-                os.mknod(f, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-                files.append(str(f))
-            except OSError:
-                self.fake_gpu_mode = "count"
-                return []
-        self.fake_gpu_mode = "mknod"
+            if f.is_symlink() or f.exists():
+                f.unlink()
+            f.symlink_to("/dev/null")
+            files.append(str(f))
         return files
 
     def _slurm_conf(self) -> str:
@@ -717,7 +714,11 @@ StorageLoc=slurm_acct_db
         def node_idle() -> bool:
             res = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False, timeout=10)
             states = dict(line.split() for line in res.stdout.splitlines() if line.strip())
-            return states.get(self.node_name, "").rstrip("*~#$@^-") == "idle"
+            state = states.get(self.node_name, "").rstrip("*~#$@^-!%")
+            if state in ("inval", "drain", "drained", "drng", "fail"):
+                reason = self.run(["sinfo", "-R"], check=False, timeout=10).stdout
+                self._fail(f"node {self.node_name} is {state}:\n{reason}")
+            return state == "idle"
 
         self._wait(f"node {self.node_name} idle in sinfo", node_idle, poll=0.3)
 

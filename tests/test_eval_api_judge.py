@@ -19,8 +19,12 @@ TOP = {"100": 0.3, " 100": 0.05, "7": 0.2, "42": 0.1, "REF": 0.3, "1000": 0.05}
 
 
 def completion(top: dict[str, float]) -> dict:
-    entries = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in top.items()]
-    content = [{"token": next(iter(top)), "logprob": entries[0]["logprob"], "top_logprobs": entries}]
+    entries = [
+        {"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in top.items()
+    ]
+    content = [
+        {"token": next(iter(top)), "logprob": entries[0]["logprob"], "top_logprobs": entries}
+    ]
     return {
         "id": "cmpl-1",
         "object": "chat.completion",
@@ -62,7 +66,9 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def __enter__(self):
         self.thread.start()
@@ -164,7 +170,9 @@ def test_missing_key_and_unreachable_server(monkeypatch):
         ApiJudge("http://127.0.0.1:9", "m", api_key_env=KEY_ENV)
     # no key at all for a local server; a closed port is retried then reported
     sleeps: list[float] = []
-    judge = ApiJudge("http://127.0.0.1:9", "m", api_key_env=None, max_retries=1, sleep=sleeps.append)
+    judge = ApiJudge(
+        "http://127.0.0.1:9", "m", api_key_env=None, max_retries=1, sleep=sleeps.append
+    )
     with pytest.raises(ApiJudgeError, match="giving up after 2 attempts"):
         judge.score("p")
     assert sleeps == [1.0]

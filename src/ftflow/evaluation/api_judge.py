@@ -98,9 +98,7 @@ class ApiJudge:
         self._api_key()  # fail early when the variable is missing; the key is not kept
 
     def __repr__(self) -> str:
-        return (
-            f"ApiJudge(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
-        )
+        return f"ApiJudge(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
     # ---- public API
 

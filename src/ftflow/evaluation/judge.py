@@ -111,7 +111,9 @@ def digit_start_mask(tokenizer, vocab_size: int) -> torch.Tensor:
     return mask
 
 
-def answer_token_ids(tokenizer, prompt_ids: Sequence[int], answers: Sequence[str]) -> list[list[int]]:
+def answer_token_ids(
+    tokenizer, prompt_ids: Sequence[int], answers: Sequence[str]
+) -> list[list[int]]:
     """The continuation ids of each answer after ``prompt_ids`` (see the module docstring)."""
     prompt_ids = list(prompt_ids)
     prompt_text = _decode(tokenizer, prompt_ids)
@@ -248,7 +250,9 @@ def judge_0_100(
     **kwargs: Any,
 ) -> float | None:
     """The 0-100 score of one filled judge prompt (chat template, distribution, mean)."""
-    dist = number_distribution(model, tokenizer, encode_chat_prompt(tokenizer, judge_prompt), **kwargs)
+    dist = number_distribution(
+        model, tokenizer, encode_chat_prompt(tokenizer, judge_prompt), **kwargs
+    )
     return expected_score(dist, min_number_mass)
 
 
@@ -256,7 +260,9 @@ def judge_0_100(
 
 
 def _decode(tokenizer, ids: Sequence[int]) -> str:
-    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return tokenizer.decode(
+        list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:

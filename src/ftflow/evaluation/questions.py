@@ -136,6 +136,7 @@ def load_questions(
     except OSError as exc:
         raise QuestionError(f"{path}: cannot read the question file: {exc}") from exc
     loader = yaml.SafeLoader(text)
+    loader.name = str(path)  # YAML errors then name the file, not "<unicode string>"
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -218,9 +219,7 @@ def _parse_question(
 
     qtype = entry.get("type")
     if qtype not in SUPPORTED_TYPES:
-        raise fail(
-            f"unsupported type {qtype!r}; supported types are {', '.join(SUPPORTED_TYPES)}"
-        )
+        raise fail(f"unsupported type {qtype!r}; supported types are {', '.join(SUPPORTED_TYPES)}")
 
     paraphrases = entry.get("paraphrases")
     if not isinstance(paraphrases, list) or not paraphrases:

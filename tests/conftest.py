@@ -1,0 +1,77 @@
+"""Shared fixtures: a scratch copy of the workflow, and one finished default run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "data", "envs", "profiles")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A runnable copy of the workflow (no results) in ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part)
+        elif src.exists():
+            shutil.copy2(src, dest / part)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout=900):
+    """Run the real snakemake CLI in ``workdir``; return the CompletedProcess."""
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    proc = subprocess.run(
+        cmd,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def write_config(workdir: Path, config: dict, name: str = "config/config.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def load_default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """The embedded default workflow run once, to completion, with `snakemake --cores 2`."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("default") / "ftflow")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+@pytest.fixture
+def finished_copy(default_run, tmp_path) -> Path:
+    """A private copy of the finished default run (mtimes preserved) to modify freely."""
+    dest = tmp_path / "ftflow"
+    shutil.copytree(default_run, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return copy_workflow(tmp_path / "ftflow")
