@@ -164,6 +164,14 @@ def test_client_errors_are_not_retried(key, caplog):
     assert KEY not in str(info.value) and KEY not in caplog.text
 
 
+def test_redirects_are_not_followed(key):
+    script = [(302, {"Location": "http://127.0.0.1:9/steal"}, {}), (200, {}, completion(TOP))]
+    with FakeServer(script) as server:
+        with pytest.raises(ApiJudgeError, match="HTTP 302"):
+            make_judge(server.url, []).score("p")
+    assert len(server.requests) == 1
+
+
 def test_missing_key_and_unreachable_server(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ApiJudgeError, match=KEY_ENV):

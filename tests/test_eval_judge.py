@@ -1,4 +1,4 @@
-"""The local 0-100 judge: the same answer distribution gives the same score, whatever the tokenizer."""
+"""The local 0-100 judge: one answer distribution gives one score, whatever the tokenizer."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def test_real_system_prompts_reach_the_messages():
         for q in load_questions(REAL_DIR / name):
             prompts = build_prompts(q, samples_override=2)
             assert len(prompts) == 2 * len(q.paraphrases)
-            for p_index, s_index, messages in prompts:
+            for p_index, _, messages in prompts:
                 assert messages[-1] == {"role": "user", "content": q.paraphrases[p_index]}
                 if q.system is None:
                     assert [m["role"] for m in messages] == ["user"]

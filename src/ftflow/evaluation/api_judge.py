@@ -29,7 +29,8 @@ sends no key (a local server without authentication).
 
 Retries: HTTP 429 and 5xx, and network errors, are retried up to ``max_retries`` times, waiting
 ``Retry-After`` seconds when the server sends that header (capped at ``max_backoff``), else
-``backoff × 2**attempt`` (also capped). Other HTTP errors fail at once. Every failure raises
+``backoff × 2**attempt`` (also capped). Other HTTP errors fail at once, redirects included
+(following one would resend the key to another address). Every failure raises
 :class:`ApiJudgeError`.
 """
 
@@ -95,6 +96,7 @@ class ApiJudge:
         self.top_logprobs = top_logprobs
         self.min_number_mass = min_number_mass
         self._sleep = sleep
+        self._opener = urllib.request.build_opener(_NoRedirect)
         self._api_key()  # fail early when the variable is missing; the key is not kept
 
     def __repr__(self) -> str:
@@ -153,7 +155,7 @@ class ApiJudge:
         while True:
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with self._opener.open(request, timeout=self.timeout) as response:
                     payload = response.read()
                 try:
                     return json.loads(payload)
@@ -165,9 +167,8 @@ class ApiJudge:
                 retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
                 exc.close()
                 if status not in _RETRY_STATUSES:
-                    raise ApiJudgeError(
-                        f"{self.url}: HTTP {status} {exc.reason}: {detail}".rstrip(": ")
-                    ) from None
+                    message = f"{self.url}: HTTP {status} {exc.reason}: {detail}".rstrip(": ")
+                    raise ApiJudgeError(_redact(message, key)) from None
                 problem = f"HTTP {status}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 retry_after = None
@@ -175,10 +176,9 @@ class ApiJudge:
                 problem = _redact(f"{type(exc).__name__}: {reason}", key)
                 detail = ""
             if attempt >= self.max_retries:
-                raise ApiJudgeError(
-                    f"{self.url}: giving up after {attempt + 1} attempts; last: {problem}"
-                    + (f": {detail}" if detail else "")
-                ) from None
+                message = f"{self.url}: giving up after {attempt + 1} attempts; last: {problem}"
+                message += f": {detail}" if detail else ""
+                raise ApiJudgeError(_redact(message, key)) from None
             wait = self.backoff * 2**attempt if retry_after is None else retry_after
             wait = min(max(wait, 0.0), self.max_backoff)
             attempt += 1
@@ -186,6 +186,13 @@ class ApiJudge:
                 "%s: %s; retry %d/%d in %.1f s", self.url, problem, attempt, self.max_retries, wait
             )
             self._sleep(wait)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would resend the Authorization header to the new location."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the 3xx as an HTTPError
 
 
 def logprobs_to_distribution(top_logprobs: dict[str, float]) -> dict[int, float]:

@@ -215,12 +215,15 @@ def number_distribution(
                 steps = torch.log_softmax(_float(logits[:, -(k_max + 1) :]), dim=-1)
             if mask is None:
                 mask = digit_start_mask(tokenizer, steps.shape[-1]).to(steps.device)
-            for b, (_, ids) in enumerate(chunk):
-                k = len(ids)
-                idx = torch.tensor(ids, dtype=torch.long, device=steps.device)
-                tokens = steps[b, torch.arange(k, device=steps.device), idx].double().sum()
-                stop = torch.logsumexp(steps[b, k][~mask], dim=0).double()
-                log_p[start + b] = (tokens + stop).cpu()
+            lengths = torch.tensor([len(ids) for _, ids in chunk], device=steps.device)
+            cont = cont.to(steps.device)
+            real = torch.arange(k_max, device=steps.device)[None, :] < lengths[:, None]
+            token_lp = steps[:, :k_max].gather(-1, cont[..., None])[..., 0]
+            token_lp = token_lp.masked_fill(~real, 0.0).double().sum(dim=1)
+            # stop: after the last token of each row, a token that does not continue the number
+            stop_all = torch.logsumexp(steps.masked_fill(mask, -math.inf), dim=-1)
+            stop = stop_all.gather(1, lengths[:, None])[:, 0].double()
+            log_p[start : start + len(chunk)] = (token_lp + stop).cpu()
 
     dist = {n: 0.0 for n in NUMBERS}
     for (n, _), lp in zip(rows, log_p.tolist(), strict=True):

@@ -286,7 +286,9 @@ def _check_template(template: str, fail) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise fail(f"not a valid template ({exc}); write literal braces as '{{{{' and '}}}}'")
+        raise fail(
+            f"not a valid template ({exc}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
     bad = sorted({f for f in fields if f not in JUDGE_PLACEHOLDERS})
     if bad:
         raise fail(

@@ -1,0 +1,171 @@
+"""Training: determinism, resume after SIGKILL, NaN stop, the metrics contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import copy_workflow, load_default_config, snakemake, write_config
+from safetensors.torch import load_file
+
+from ftflow import paths, train
+
+pytestmark = pytest.mark.slow
+
+
+def _one_run_config(method: str, dataset: str, **overrides) -> dict:
+    config = load_default_config()
+    config["methods"][method].update(overrides)
+    config["grid"] = [{"models": ["tiny"], "methods": [method], "datasets": [dataset], "seeds": [7]}]
+    if config["methods"][method]["kind"] == "dpo":
+        parent = config["methods"][method]["parent"]
+        config["grid"].append(
+            {"models": ["tiny"], "methods": [parent["method"]], "datasets": [parent["dataset"]],
+             "seeds": [7]}
+        )
+    return config
+
+
+def _weights(final: Path) -> dict:
+    name = "adapter_model.safetensors" if (final / "adapter_config.json").exists() else (
+        "model.safetensors"
+    )
+    return load_file(final / name)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.fixture(scope="module")
+def long_sft(tmp_path_factory) -> Path:
+    """A workdir whose only run trains 48 steps, checkpointing every 8."""
+    work = copy_workflow(tmp_path_factory.mktemp("long") / "ftflow")
+    config = _one_run_config("sft", "secure_code", max_steps=48, save_steps=8, epochs=1)
+    config["methods"]["sft"]["per_device_batch_size"] = 1  # slower steps: time to kill
+    write_config(work, config)
+    target = str(paths.run_config("tiny", "sft", "secure_code", 7))
+    snakemake(work, target, "--cores", "2")
+    snakemake(work, str(paths.prepared("tiny", "secure_code")), "--cores", "2")
+    return work
+
+
+def _train(work: Path) -> subprocess.CompletedProcess:
+    run_yaml = paths.run_config("tiny", "sft", "secure_code", 7)
+    return subprocess.run(
+        [sys.executable, "-m", "ftflow.train", str(run_yaml)],
+        cwd=work, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_same_seed_gives_same_weights(long_sft: Path, tmp_path: Path):
+    copies = []
+    for name in ("a", "b"):
+        work = tmp_path / name
+        shutil.copytree(long_sft, work)
+        proc = _train(work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        copies.append(_weights(work / paths.final_dir("tiny", "sft", "secure_code", 7)))
+    assert _same(*copies)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Path):
+    straight = tmp_path / "straight"
+    shutil.copytree(long_sft, straight)
+    assert _train(straight).returncode == 0
+
+    work = tmp_path / "killed"
+    shutil.copytree(long_sft, work)
+    final = paths.final_dir("tiny", "sft", "secure_code", 7)
+    checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 7)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", str(final), "--cores", "1"],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = train.complete_checkpoints(checkpoints)
+        if done and train._step(done[-1]) >= 16:
+            break
+        assert proc.poll() is None, "training finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: snakemake and the trainer
+    proc.wait()
+    killed_at = train._step(train.complete_checkpoints(checkpoints)[-1])
+    assert killed_at < 48 and not (work / final).exists()
+
+    snakemake(work, "--unlock")  # a killed snakemake leaves its lock, as after a power loss
+    snakemake(work, str(final), "--cores", "1", "--rerun-incomplete")
+    log = (work / paths.train_log("tiny", "sft", "secure_code", 7)).read_text()
+    resumed = int(log.split("resuming from checkpoint-")[1].split()[0])
+    assert resumed >= killed_at
+    assert _same(_weights(work / final), _weights(straight / final))
+    steps = [json.loads(x)["step"] for x in (work / paths.metrics_file(
+        "tiny", "sft", "secure_code", 7)).read_text().splitlines()]
+    assert steps == list(range(1, 49)), "metrics must hold each step exactly once"
+
+
+def test_nan_loss_stops_training(long_sft: Path, tmp_path: Path):
+    import torch
+    from safetensors.torch import save_file
+
+    work = tmp_path / "nan"
+    shutil.copytree(long_sft, work)
+    weights_file = work / paths.model_dir("tiny") / "model.safetensors"
+    weights = load_file(weights_file)
+    name = next(k for k in weights if "embed_tokens" in k)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    proc = _train(work)
+    assert proc.returncode != 0
+    assert "loss is nan at step 1" in proc.stderr
+    assert not (work / paths.final_dir("tiny", "sft", "secure_code", 7)).exists()
+
+
+def test_missing_prefetch_names_the_target(long_sft: Path, tmp_path: Path):
+    work = tmp_path / "missing"
+    shutil.copytree(long_sft, work)
+    shutil.rmtree(work / paths.model_dir("tiny"))
+    proc = _train(work)
+    assert proc.returncode != 0
+    assert "not prefetched" in proc.stderr and "resources/models/tiny" in proc.stderr
+
+
+@pytest.mark.parametrize("method,dataset", [("lora", "secure_code"), ("dpo", "secure_code_pref")])
+def test_every_method_logs_the_same_keys(tmp_path: Path, method: str, dataset: str):
+    work = copy_workflow(tmp_path / "ftflow")
+    write_config(work, _one_run_config(method, dataset, max_steps=3))
+    snakemake(work, str(paths.metrics_file("tiny", method, dataset, 7)), "--cores", "2")
+    rows = [json.loads(x) for x in (work / paths.metrics_file("tiny", method, dataset, 7))
+            .read_text().splitlines()]
+    expected = set(train.metric_keys("dpo" if method == "dpo" else "sft"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert set(row) == expected
+        assert all(row[k] is not None for k in expected)
+        assert row["tokens_per_second"] > 0
+
+
+def test_batch_is_derived_and_recorded(tmp_path: Path):
+    work = copy_workflow(tmp_path / "ftflow")
+    config = _one_run_config("sft", "secure_code", global_batch_size=12, per_device_batch_size=3)
+    config["methods"]["sft"]["resources"]["cpu_processes"] = 2
+    write_config(work, config)
+    target = paths.run_config("tiny", "sft", "secure_code", 7)
+    snakemake(work, str(target), "--cores", "1")
+    import yaml
+
+    batch = yaml.safe_load((work / target).read_text())["batch"]
+    assert batch == {
+        "global_batch_size": 12,
+        "per_device_batch_size": 3,
+        "gradient_accumulation_steps": 2,
+        "processes": 2,
+    }
