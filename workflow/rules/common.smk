@@ -45,12 +45,14 @@ def _method(wildcards):
 
 def get_model_source(wildcards):
     """Local files a model is built or copied from (so edits trigger a rebuild)."""
-    source = config["models"][wildcards.model]["source"]
+    model = config["models"][wildcards.model]
+    source = model["source"]
+    files = [model["chat_template"]] if model.get("chat_template") else []
     if "path" in source:
-        return [source["path"]]
+        files.append(source["path"])
     if "tiny" in source:
-        return [config["datasets"][d]["source"]["path"] for d in source["tiny"]["corpus"]]
-    return []
+        files += [config["datasets"][d]["source"]["path"] for d in source["tiny"]["corpus"]]
+    return files
 
 
 def get_dataset_source(wildcards):

@@ -9,7 +9,7 @@ rule prefetch_model:
     output:
         model=directory(paths.MODEL_DIR),
     params:
-        source=lambda wildcards: config["models"][wildcards.model]["source"],
+        spec=lambda wildcards: config["models"][wildcards.model],
     log:
         paths.log("prefetch_model", "{model}"),
     localrule: True

@@ -5,7 +5,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ftflow import prefetch
+from ftflow import datafiles, prefetch
 
 
 def main(source: dict, out: Path) -> None:
@@ -15,11 +15,15 @@ def main(source: dict, out: Path) -> None:
     elif "hub" in source:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             repo = prefetch.fetch_hub(
-                source["hub"], source["revision"], Path(tmp) / "repo", "dataset",
-                allow_patterns=[source["file"]],
+                source["hub"],
+                source["revision"],
+                Path(tmp) / "repo",
+                "dataset",
+                allow_patterns=source["files"],
             )
-            prefetch.copy_local(repo / source["file"], out)
+            n = datafiles.export_jsonl(datafiles.matching(repo, source["files"]), out)
             shutil.copyfile(repo / prefetch.MANIFEST_NAME, out.parent / prefetch.MANIFEST_NAME)
+            print(f"{n} records from {source['hub']}@{source['revision']}", file=sys.stderr)
     else:
         prefetch.copy_local(Path(source["path"]), out)
     print(f"dataset ready in {out}", file=sys.stderr)
