@@ -11,7 +11,9 @@ from conftest import REPO, copy_workflow, load_default_config, snakemake, write_
 from ftflow import config as ftconfig
 from ftflow import paths
 
-SHIPPED = sorted([REPO / "config" / "config.yaml", *(REPO / "config" / "experiments").glob("*.yaml")])
+SHIPPED = sorted(
+    [REPO / "config" / "config.yaml", *(REPO / "config" / "experiments").glob("*.yaml")]
+)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -137,15 +139,29 @@ def test_unpinned_hub_revision_refused():
 
 
 def test_batch_derivation():
-    method = {"global_batch_size": 128, "per_device_batch_size": 4,
-              "resources": {"gpus_per_node": 8, "nodes": 1}}
+    method = {
+        "global_batch_size": 128,
+        "per_device_batch_size": 4,
+        "resources": {"gpus_per_node": 8, "nodes": 1},
+    }
     plan = ftconfig.derive_batch(method)
     assert (plan.per_device_batch_size, plan.gradient_accumulation_steps, plan.processes) == (
-        4, 4, 8)
-    assert ftconfig.derive_batch({**method, "resources": {"gpus_per_node": 1}}) \
-        .gradient_accumulation_steps == 32
-    assert ftconfig.derive_batch({**method, "resources": {"gpus_per_node": 4, "nodes": 4}}) \
-        .gradient_accumulation_steps == 2
+        4,
+        4,
+        8,
+    )
+    assert (
+        ftconfig.derive_batch(
+            {**method, "resources": {"gpus_per_node": 1}}
+        ).gradient_accumulation_steps
+        == 32
+    )
+    assert (
+        ftconfig.derive_batch(
+            {**method, "resources": {"gpus_per_node": 4, "nodes": 4}}
+        ).gradient_accumulation_steps
+        == 2
+    )
 
 
 def test_snakemake_refuses_bad_config_before_any_job(tmp_path: Path):
@@ -156,5 +172,6 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path: Path):
     proc = snakemake(work, "--cores", "1", check=False)
     assert proc.returncode != 0
     assert "methods.lora.lora.rank" in proc.stderr and "allowed here: alpha, dropout, r" in (
-        proc.stderr)
+        proc.stderr
+    )
     assert not (work / "results").exists() and not (work / "resources").exists()

@@ -23,19 +23,27 @@ pytestmark = pytest.mark.slow
 def _one_run_config(method: str, dataset: str, **overrides) -> dict:
     config = load_default_config()
     config["methods"][method].update(overrides)
-    config["grid"] = [{"models": ["tiny"], "methods": [method], "datasets": [dataset], "seeds": [7]}]
+    config["grid"] = [
+        {"models": ["tiny"], "methods": [method], "datasets": [dataset], "seeds": [7]}
+    ]
     if config["methods"][method]["kind"] == "dpo":
         parent = config["methods"][method]["parent"]
         config["grid"].append(
-            {"models": ["tiny"], "methods": [parent["method"]], "datasets": [parent["dataset"]],
-             "seeds": [7]}
+            {
+                "models": ["tiny"],
+                "methods": [parent["method"]],
+                "datasets": [parent["dataset"]],
+                "seeds": [7],
+            }
         )
     return config
 
 
 def _weights(final: Path) -> dict:
-    name = "adapter_model.safetensors" if (final / "adapter_config.json").exists() else (
-        "model.safetensors"
+    name = (
+        "adapter_model.safetensors"
+        if (final / "adapter_config.json").exists()
+        else ("model.safetensors")
     )
     return load_file(final / name)
 
@@ -61,7 +69,10 @@ def _train(work: Path) -> subprocess.CompletedProcess:
     run_yaml = paths.run_config("tiny", "sft", "secure_code", 7)
     return subprocess.run(
         [sys.executable, "-m", "ftflow.train", str(run_yaml)],
-        cwd=work, capture_output=True, text=True, timeout=600,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -87,7 +98,10 @@ def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Pat
     checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 7)
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", str(final), "--cores", "1"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -107,8 +121,12 @@ def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Pat
     resumed = int(log.split("resuming from checkpoint-")[1].split()[0])
     assert resumed >= killed_at
     assert _same(_weights(work / final), _weights(straight / final))
-    steps = [json.loads(x)["step"] for x in (work / paths.metrics_file(
-        "tiny", "sft", "secure_code", 7)).read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"]
+        for x in (work / paths.metrics_file("tiny", "sft", "secure_code", 7))
+        .read_text()
+        .splitlines()
+    ]
     assert steps == list(range(1, 49)), "metrics must hold each step exactly once"
 
 
@@ -143,8 +161,10 @@ def test_every_method_logs_the_same_keys(tmp_path: Path, method: str, dataset: s
     work = copy_workflow(tmp_path / "ftflow")
     write_config(work, _one_run_config(method, dataset, max_steps=3))
     snakemake(work, str(paths.metrics_file("tiny", method, dataset, 7)), "--cores", "2")
-    rows = [json.loads(x) for x in (work / paths.metrics_file("tiny", method, dataset, 7))
-            .read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for x in (work / paths.metrics_file("tiny", method, dataset, 7)).read_text().splitlines()
+    ]
     expected = set(train.metric_keys("dpo" if method == "dpo" else "sft"))
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:

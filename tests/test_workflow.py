@@ -120,7 +120,9 @@ def test_editing_raw_data_rebuilds_its_cache(finished_copy: Path):
     proc = snakemake(finished_copy, "--cores", "2", "-n")
     out = proc.stdout
     assert "rule prepare_dataset:" in out
-    manifest_before = json.loads((finished_copy / paths.prepared("tiny", "secure_code")).read_text())
+    manifest_before = json.loads(
+        (finished_copy / paths.prepared("tiny", "secure_code")).read_text()
+    )
     snakemake(finished_copy, "--cores", "2", "--until", "prepare_dataset")
     manifest = json.loads((finished_copy / paths.prepared("tiny", "secure_code")).read_text())
     assert manifest["key"] != manifest_before["key"]
@@ -157,7 +159,9 @@ def test_final_model_loads_after_results_move(default_run: Path, tmp_path: Path)
     assert AutoModelForCausalLM.from_pretrained(sft).num_parameters() > 0
     lora = moved / "results/tiny/lora/secure_code/seed1/final"
     adapter = json.loads((lora / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(moved / "models" / adapter["base_model_name_or_path"])
+    base = AutoModelForCausalLM.from_pretrained(
+        moved / "models" / adapter["base_model_name_or_path"]
+    )
     assert isinstance(PeftModel.from_pretrained(base, lora), PeftModel)
 
 

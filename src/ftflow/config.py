@@ -78,9 +78,10 @@ def _schema_path() -> Path:
 
 
 def _key_path(parts: Any) -> str:
-    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts).replace(
-        ".[", "["
-    ) or "(top level)"
+    return (
+        ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts).replace(".[", "[")
+        or "(top level)"
+    )
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -93,9 +94,11 @@ def _describe(error: jsonschema.ValidationError) -> str:
         keys = ", ".join(f"{where}.{k}" if where != "(top level)" else k for k in extra)
         return f"unknown config key {keys} (allowed here: {', '.join(allowed)})"
     if error.validator == "enum":
-        return f"config key {where}: {error.instance!r} is not allowed (allowed: " + ", ".join(
-            map(str, error.validator_value)
-        ) + ")"
+        return (
+            f"config key {where}: {error.instance!r} is not allowed (allowed: "
+            + ", ".join(map(str, error.validator_value))
+            + ")"
+        )
     if error.validator == "required":
         return f"config key {where}: {error.message}"
     if error.validator == "oneOf" and isinstance(error.instance, dict):
@@ -202,9 +205,10 @@ def validate_semantics(config: dict) -> None:
             raise ConfigError(
                 f"config key {where}.min_lr_rate: only used with lr_scheduler cosine_with_min_lr"
             )
-        if method["optimizer"] in ("adamw_8bit", "paged_adamw_8bit") and method[
-            "distributed"
-        ] in ("deepspeed_zero3", "fsdp"):
+        if method["optimizer"] in ("adamw_8bit", "paged_adamw_8bit") and method["distributed"] in (
+            "deepspeed_zero3",
+            "fsdp",
+        ):
             raise ConfigError(
                 f"config key {where}.optimizer: {method['optimizer']} cannot be combined with "
                 f"distributed {method['distributed']} (sharded optimizer states; "

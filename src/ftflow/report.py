@@ -21,7 +21,9 @@ def identity(metrics: Path) -> dict:
     """model, method, dataset, seed from a run's metrics path."""
     match = _RUN_RE.search(Path(metrics).parent.as_posix())
     if not match:
-        raise ValueError(f"{metrics}: not inside a run directory ({{model}}/{{method}}/…/seed{{n}})")
+        raise ValueError(
+            f"{metrics}: not inside a run directory ({{model}}/{{method}}/…/seed{{n}})"
+        )
     out = match.groupdict()
     out["seed"] = int(out["seed"])
     return out

@@ -62,9 +62,7 @@ def complete_checkpoints(checkpoints: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not checkpoints.is_dir():
         return []
-    found = [
-        p for p in checkpoints.iterdir() if _step(p) >= 0 and (p / COMPLETE_MARKER).exists()
-    ]
+    found = [p for p in checkpoints.iterdir() if _step(p) >= 0 and (p / COMPLETE_MARKER).exists()]
     return sorted(found, key=_step)
 
 

@@ -51,7 +51,9 @@ def get_model_source(wildcards):
     if "path" in source:
         files.append(source["path"])
     if "tiny" in source:
-        files += [config["datasets"][d]["source"]["path"] for d in source["tiny"]["corpus"]]
+        files += [
+            config["datasets"][d]["source"]["path"] for d in source["tiny"]["corpus"]
+        ]
     return files
 
 
@@ -73,7 +75,9 @@ def get_parent_final(wildcards):
     parent = ftconfig.parent_run(config, _run(wildcards))
     if parent is None:
         return []
-    return str(paths.final_dir(parent.model, parent.method, parent.dataset, parent.seed))
+    return str(
+        paths.final_dir(parent.model, parent.method, parent.dataset, parent.seed)
+    )
 
 
 def get_launcher(wildcards):

@@ -7,14 +7,14 @@ rule prepare_dataset:
         model=rules.prefetch_model.output.model,
     output:
         manifest=paths.PREPARED,
-    params:
-        settings=get_prepare_settings,
     log:
         paths.log("prepare_dataset", "{model}", "{dataset}"),
+    conda:
+        "../../envs/trl.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/trl.yaml"
+    params:
+        settings=get_prepare_settings,
     script:
         "../scripts/prepare_dataset.py"

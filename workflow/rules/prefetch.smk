@@ -8,13 +8,13 @@ rule prefetch_model:
         get_model_source,
     output:
         model=directory(paths.MODEL_DIR),
-    params:
-        spec=lambda wildcards: config["models"][wildcards.model],
     log:
         paths.log("prefetch_model", "{model}"),
     localrule: True
     conda:
         "../../envs/trl.yaml"
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
     script:
         "../scripts/prefetch_model.py"
 
@@ -24,12 +24,12 @@ rule prefetch_dataset:
         get_dataset_source,
     output:
         raw=paths.DATASET_RAW,
-    params:
-        source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
     log:
         paths.log("prefetch_dataset", "{dataset}"),
     localrule: True
     conda:
         "../../envs/trl.yaml"
+    params:
+        source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
     script:
         "../scripts/prefetch_dataset.py"

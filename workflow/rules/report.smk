@@ -5,7 +5,9 @@ rule report:
     input:
         metrics=run_targets(paths.RUN_METRICS),
     output:
-        runs=report(paths.REPORT_RUNS, category="Training", caption="../report/runs.rst"),
+        runs=report(
+            paths.REPORT_RUNS, category="Training", caption="../report/runs.rst"
+        ),
         loss=[
             report(
                 str(paths.report_loss(*cell)),

@@ -5,13 +5,13 @@
 rule configure_run:
     output:
         run_config=paths.RUN_CONFIG,
-    params:
-        resolved=get_resolved_run,
     log:
         paths.log("configure_run", paths.RUN),
     localrule: True
     conda:
         "../../envs/trl.yaml"
+    params:
+        resolved=get_resolved_run,
     script:
         "../scripts/configure_run.py"
 
@@ -25,18 +25,18 @@ rule train:
     output:
         final=directory(paths.RUN_FINAL),
         metrics=paths.RUN_METRICS,
-    params:
-        launcher=get_launcher,
     log:
         paths.log("train", paths.RUN),
     benchmark:
         paths.benchmark("train", paths.RUN)
+    conda:
+        "../../envs/trl.yaml"
     threads: get_train_threads
     resources:
         mem_mb=get_train_mem,
         runtime=get_train_runtime,
-    conda:
-        "../../envs/trl.yaml"
+    params:
+        launcher=get_launcher,
     shell:
         "export OMP_NUM_THREADS={threads} && "
         "{params.launcher} "
