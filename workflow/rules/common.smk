@@ -85,15 +85,20 @@ def get_launcher(wildcards):
 
 
 def get_train_threads(wildcards):
-    res = _method(wildcards)["resources"]
-    return res["cpus_per_task"] * launch.processes_per_node(_method(wildcards))
+    return launch.slurm_resources(_method(wildcards))["cpus_per_task"]
 
 
-def get_train_mem(wildcards):
-    return _method(wildcards)["resources"]["mem_mb"]
+def get_train_resource(name, default=None):
+    """An input function for one training resource (see ftflow.launch.slurm_resources)."""
+
+    def resource(wildcards):
+        return launch.slurm_resources(_method(wildcards)).get(name, default)
+
+    return resource
 
 
 def get_train_runtime(wildcards, attempt):
+    """Minutes; later attempts (after a time-limit kill) may ask for more."""
     res = _method(wildcards)["resources"]
     return res["runtime"] if attempt == 1 else res.get("retry_runtime", res["runtime"])
 

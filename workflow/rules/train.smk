@@ -5,17 +5,19 @@
 rule configure_run:
     output:
         run_config=paths.RUN_CONFIG,
+    params:
+        resolved=get_resolved_run,
     log:
         paths.log("configure_run", paths.RUN),
     localrule: True
     conda:
         "../../envs/trl.yaml"
-    params:
-        resolved=get_resolved_run,
     script:
         "../scripts/configure_run.py"
 
 
+# A job killed by its time limit fails; `retries` resubmits it (with the method's
+# `retry_runtime`), and the trainer resumes from its newest complete checkpoint.
 rule train:
     input:
         run_config=rules.configure_run.output.run_config,
@@ -33,12 +35,20 @@ rule train:
         "../../envs/trl.yaml"
     threads: get_train_threads
     resources:
-        mem_mb=get_train_mem,
+        nodes=get_train_resource("nodes"),
+        cpus_per_task=get_train_resource("cpus_per_task"),
+        mem_mb=get_train_resource("mem_mb"),
         runtime=get_train_runtime,
+        gres=get_train_resource("gres"),
+        tasks_per_gpu=get_train_resource("tasks_per_gpu"),
+        tasks=get_train_resource("tasks"),
+        mpi=get_train_resource("mpi"),
+        constraint=get_train_resource("constraint"),
+    retries: 2
     params:
         launcher=get_launcher,
     shell:
         "export OMP_NUM_THREADS={threads} && "
         "{params.launcher} "
         "{input.run_config} "
-        "> {log} 2>&1"
+        ">> {log} 2>&1"

@@ -74,3 +74,33 @@ def launch_command(method: Mapping, module: str = TRAIN_MODULE) -> str:
             f"bash -c {inner} launcher"
         )
     return command
+
+
+def slurm_resources(method: Mapping) -> dict[str, int | str]:
+    """Snakemake resources for a training job, as the SLURM executor plugin reads them.
+
+    One SLURM task per node hosts that node's launcher, which starts one process per
+    GPU; so CPUs and memory are asked per node. GPUs are asked per node with
+    ``gres=gpu:N`` (the plugin's ``gpu`` resource would ask ``--gpus`` for the whole
+    job, which SLURM may spread unevenly). Multi-node jobs are marked ``mpi`` so the
+    plugin does not wrap them in ``srun -n1``: their command runs ``srun`` itself.
+    """
+    res = _res(method)
+    nodes = res.get("nodes", 1)
+    gpus = res.get("gpus_per_node", 0)
+    per_node = processes_per_node(method)
+    out: dict[str, int | str] = {
+        "nodes": nodes,
+        "cpus_per_task": res.get("cpus_per_task", 1) * per_node,
+        "mem_mb": res.get("mem_mb", 4000),
+        "runtime": res.get("runtime", 60),
+    }
+    if gpus:
+        out["gres"] = f"gpu:{gpus}"
+        out["tasks_per_gpu"] = 0  # one task per node, not one per GPU
+    if nodes > 1:
+        out["mpi"] = "srun"
+        out["tasks"] = nodes
+    if res.get("constraint"):
+        out["constraint"] = res["constraint"]
+    return out
