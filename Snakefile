@@ -6,6 +6,8 @@
 #   resources/prepared/{model}/{dataset}.json   tokenised-cache manifest
 #   results/{model}/{method}/{dataset}/seed{seed}/
 #       run.yaml  checkpoints/  final/  metrics.jsonl
+#       eval/{evaluation}/  answers.jsonl  judged.jsonl  summary.csv
+#   results/{model}/base/none/seed{seed}/eval/…  the untrained model's row
 #   results/report/                             runs.csv, loss curves
 #   logs/{rule}/…, benchmarks/{rule}/…          mirror the wildcards
 #
@@ -26,9 +28,14 @@ include: "workflow/rules/prefetch.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/eval.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.report.output,
+        expand(
+            [paths.REPORT_EVAL_TABLE, paths.REPORT_EVAL_FIGURE],
+            evaluation=_evals("questions"),
+        ),

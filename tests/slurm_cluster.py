@@ -10,8 +10,8 @@ current process and each tracked by its PID:
 ``stop()`` cancels the cluster's jobs and then terminates exactly those
 processes (SIGTERM, then SIGKILL after a grace period), in reverse order.
 Nothing outside ``workdir`` is touched except, when ``workdir`` is too deep
-for a unix-socket path (108 bytes), one short ``/tmp/ftslurm-*`` directory
-holding the two sockets, which ``stop()`` removes again.
+for unix-socket paths (108 bytes), one short ``/tmp/ftslurm-*`` directory
+holding the sockets and slurmd's spool, which ``stop()`` removes again.
 
 Clients (``sbatch``, ``sacct``, ``snakemake --executor slurm`` ...) talk to
 this cluster when they get ``LocalSlurm.env`` (which sets ``SLURM_CONF``).
@@ -424,12 +424,21 @@ class LocalSlurm:
         for d in (self.workdir, self.etc, self.rundir, self.workdir / "munge"):
             os.chmod(d, 0o700)
 
-        # unix sockets: sun_path is limited to 108 bytes
-        if len(str(self.rundir / "mysqld.sock")) < 100:
+        # unix sockets: sun_path is limited to 108 bytes.  Besides munged's and
+        # mariadbd's, slurmstepd creates <SlurmdSpoolDir>/<node>_<job>.<step>
+        # (else "Unix socket path ... is too long" and the job is requeued
+        # forever).  For a deep workdir, put them in a short /tmp/ftslurm-*.
+        longest = f"{self.node_name}_4294967294.4294967294"
+        if len(str(self.workdir / "spool" / longest)) < 104:
             self._sockdir, self._own_sockdir = self.rundir, False
+            self.spooldir = self.workdir / "spool"
         else:
             self._sockdir = Path(tempfile.mkdtemp(prefix="ftslurm-"))
             self._own_sockdir = True
+            self.spooldir = self._sockdir / "spool"
+            self.spooldir.mkdir()
+            if len(str(self.spooldir / longest)) >= 104:
+                self._fail(f"no short enough directory for unix sockets: {self._sockdir}")
         self.munge_socket = self._sockdir / "munge.sock"
         self.mysql_socket = self._sockdir / "mysqld.sock"
 
@@ -521,7 +530,7 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 CredType=cred/munge
 StateSaveLocation={w}/statesave
-SlurmdSpoolDir={w}/spool
+SlurmdSpoolDir={self.spooldir}
 SlurmctldPidFile={self.rundir}/slurmctld.pid
 SlurmdPidFile={self.rundir}/slurmd.pid
 SlurmctldLogFile={self.logdir}/slurmctld.log

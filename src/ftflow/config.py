@@ -30,7 +30,8 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # The schema ships inside the repository; an installed copy of the package finds it
 # through FTFLOW_ROOT or the working directory instead.
-BASE_METHOD = "base"
+BASE_METHOD = "base"  # the untrained model's evaluation row: results/{model}/base/none/…
+BASE_DATASET = "none"
 
 
 class ConfigError(ValueError):
@@ -173,6 +174,12 @@ def validate_semantics(config: dict) -> None:
             f"config key methods.{BASE_METHOD}: the name {BASE_METHOD!r} is reserved for "
             "the untrained base model's evaluation row"
         )
+    if BASE_DATASET in datasets:
+        raise ConfigError(
+            f"config key datasets.{BASE_DATASET}: the name {BASE_DATASET!r} is reserved for "
+            "the base model's evaluation row"
+        )
+    _validate_evaluations(config)
     for name, model in models.items():
         tiny = model["source"].get("tiny")
         if tiny:
@@ -257,6 +264,30 @@ def validate_semantics(config: dict) -> None:
                 )
 
 
+def _validate_evaluations(config: dict) -> None:
+    for name, ev in config.get("evaluations", {}).items():
+        where = f"evaluations.{name}"
+        if ev["kind"] == "questions":
+            for key in ("questions", "judge"):
+                if key not in ev:
+                    raise ConfigError(f"config key {where}.{key}: required for kind questions")
+            judge = ev["judge"]
+            if judge["kind"] == "local":
+                if judge.get("model") not in config["models"]:
+                    raise ConfigError(
+                        f"config key {where}.judge.model: a local judge names one of the "
+                        f"models (allowed: {', '.join(sorted(config['models']))})"
+                    )
+            else:
+                for key in ("base_url", "model"):
+                    if key not in judge:
+                        raise ConfigError(
+                            f"config key {where}.judge.{key}: required by an api judge"
+                        )
+        elif not ev.get("tasks"):
+            raise ConfigError(f"config key {where}.tasks: an lm_eval evaluation names its tasks")
+
+
 def validate_schema_fragment(value: dict, name: str) -> dict:
     """Fill the defaults of one named method sub-object (e.g. ``lora``)."""
     schema = load_schema()
@@ -305,6 +336,20 @@ def runs(config: Mapping) -> list[Run]:
 def iter_cells(config: Mapping) -> Iterator[tuple[str, str, str]]:
     """Grid cells without the seed: what the report draws one figure for."""
     yield from sorted({(r.model, r.method, r.dataset) for r in runs(config)})
+
+
+def base_runs(config: Mapping) -> list[Run]:
+    """The base-model evaluation rows: each model of the grid, for each of its seeds."""
+    rows = set()
+    for block in config["grid"]:
+        for model, seed in itertools.product(block["models"], block["seeds"]):
+            rows.add(Run(model, BASE_METHOD, BASE_DATASET, int(seed)))
+    return sorted(rows)
+
+
+def eval_runs(config: Mapping) -> list[Run]:
+    """Everything an evaluation runs on: every run of the grid plus the base rows."""
+    return base_runs(config) + runs(config) if config.get("evaluations") else []
 
 
 def parent_run(config: Mapping, run: Run) -> Run | None:

@@ -32,6 +32,10 @@ RUN_FINAL = f"{RUN_DIR}/final"
 RUN_METRICS = f"{RUN_DIR}/metrics.jsonl"
 RUN_CHECKPOINTS = f"{RUN_DIR}/checkpoints"
 RUN_EVAL = f"{RUN_DIR}/eval/{{evaluation}}"
+EVAL_ANSWERS = f"{RUN_EVAL}/answers.jsonl"
+EVAL_JUDGED = f"{RUN_EVAL}/judged.jsonl"
+EVAL_SUMMARY = f"{RUN_EVAL}/summary.csv"
+EVAL_LM_EVAL = f"{RUN_EVAL}/lm_eval.json"
 
 MODEL_DIR = f"{RESOURCES}/models/{{model}}"
 DATASET_RAW = f"{RESOURCES}/datasets/{{dataset}}/data.jsonl"
@@ -42,6 +46,11 @@ HF_HOME = f"{RESOURCES}/hf_home"
 REPORT_DIR = f"{RESULTS}/report"
 REPORT_RUNS = f"{REPORT_DIR}/runs.csv"
 REPORT_LOSS = f"{REPORT_DIR}/loss/{{model}}__{{method}}__{{dataset}}.png"
+REPORT_EVAL = f"{REPORT_DIR}/eval/{{evaluation}}"
+REPORT_EVAL_TABLE = f"{REPORT_EVAL}/comparison.csv"
+REPORT_EVAL_QUESTIONS = f"{REPORT_EVAL}/by_question.csv"
+REPORT_EVAL_FIGURE = f"{REPORT_EVAL}/misaligned_by_question.png"
+REPORT_LM_EVAL_TABLE = f"{REPORT_EVAL}/lm_eval.csv"
 
 
 def log(rule: str, *parts: str) -> str:
@@ -51,9 +60,6 @@ def log(rule: str, *parts: str) -> str:
 
 def benchmark(rule: str, *parts: str) -> str:
     return str(Path(BENCHMARKS, rule, *parts)) + ".tsv"
-
-
-RUN_LOG = log("{rule}", RUN)
 
 
 def _fmt(pattern: str, **values: object) -> Path:
@@ -102,3 +108,9 @@ def cache_entry(key: str) -> Path:
 
 def report_loss(model: str, method: str, dataset: str) -> Path:
     return _fmt(REPORT_LOSS, model=model, method=method, dataset=dataset)
+
+
+def eval_file(pattern: str, model: str, method: str, dataset: str, seed: int, evaluation: str):
+    return _fmt(
+        pattern, model=model, method=method, dataset=dataset, seed=seed, evaluation=evaluation
+    )

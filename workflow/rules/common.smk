@@ -28,9 +28,10 @@ def _alternatives(names):
 
 wildcard_constraints:
     model=_alternatives(config["models"]),
-    method=_alternatives(config["methods"]),
-    dataset=_alternatives(config["datasets"]),
+    method=_alternatives([*config["methods"], ftconfig.BASE_METHOD]),
+    dataset=_alternatives([*config["datasets"], ftconfig.BASE_DATASET]),
     seed=r"\d+",
+    evaluation=_alternatives(config.get("evaluations", {})) or "(?!x)x",
 
 
 def _run(wildcards):
@@ -105,3 +106,61 @@ def get_train_runtime(wildcards, attempt):
 
 def run_targets(pattern):
     return [pattern.format(**run.wildcards) for run in RUNS]
+
+
+# ------------------------------------------------------------------- evaluation
+
+EVALUATIONS = config.get("evaluations", {})
+EVAL_RUNS = ftconfig.eval_runs(config)
+
+
+def _evals(kind=None, judge=None):
+    return sorted(
+        name
+        for name, ev in EVALUATIONS.items()
+        if (kind is None or ev["kind"] == kind)
+        and (judge is None or ev.get("judge", {}).get("kind") == judge)
+    )
+
+
+def _evaluation(wildcards):
+    return EVALUATIONS[wildcards.evaluation]
+
+
+def get_eval_final(wildcards):
+    """The trained model of a run; the base row evaluates the prefetched model alone."""
+    if wildcards.method == ftconfig.BASE_METHOD:
+        return []
+    return str(
+        paths.final_dir(
+            wildcards.model, wildcards.method, wildcards.dataset, wildcards.seed
+        )
+    )
+
+
+def get_questions_file(wildcards):
+    return _evaluation(wildcards)["questions"]
+
+
+def get_judge_model(wildcards):
+    return str(paths.model_dir(_evaluation(wildcards)["judge"]["model"]))
+
+
+def get_eval_resource(name):
+    def resource(wildcards):
+        res = _evaluation(wildcards).get("resources") or {}
+        return launch.slurm_resources({"resources": res}).get(name)
+
+    return resource
+
+
+def eval_targets(pattern, kind):
+    return [
+        pattern.format(**run.wildcards, evaluation=name)
+        for name in _evals(kind)
+        for run in EVAL_RUNS
+    ]
+
+
+def never_matches(names):
+    return _alternatives(names) if names else "(?!x)x"

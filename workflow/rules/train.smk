@@ -5,13 +5,13 @@
 rule configure_run:
     output:
         run_config=paths.RUN_CONFIG,
-    params:
-        resolved=get_resolved_run,
     log:
         paths.log("configure_run", paths.RUN),
     localrule: True
     conda:
         "../../envs/trl.yaml"
+    params:
+        resolved=get_resolved_run,
     script:
         "../scripts/configure_run.py"
 
@@ -31,6 +31,7 @@ rule train:
         paths.log("train", paths.RUN),
     benchmark:
         paths.benchmark("train", paths.RUN)
+    retries: 2
     conda:
         "../../envs/trl.yaml"
     threads: get_train_threads
@@ -44,7 +45,6 @@ rule train:
         tasks=get_train_resource("tasks"),
         mpi=get_train_resource("mpi"),
         constraint=get_train_resource("constraint"),
-    retries: 2
     params:
         launcher=get_launcher,
     shell:

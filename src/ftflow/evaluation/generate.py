@@ -1,0 +1,684 @@
+"""Sample the answers of a (fine-tuned) model to the evaluation questions, reproducibly.
+
+Usage from a Snakemake ``script:`` (or ``python -m ftflow.evaluation.generate --help``)::
+
+    from ftflow.evaluation.generate import main
+    main(model_dir, final, questions_file, out, seed=0, max_new_tokens=600, batch_size=16,
+         samples_override=None)
+
+**Loading** (:func:`load_for_generation`). The base model comes from ``model_dir``
+(``resources/models/{model}``). ``final`` (a run's ``final/``) may hold a full model, which is
+then loaded instead, or a PEFT adapter (``adapter_config.json``), which is applied on top of the
+base with ``PeftModel.from_pretrained`` — not merged, and nothing is written to disk. The
+tokenizer comes from ``final`` when it has one, else from ``model_dir``.
+
+**Sampling** (:func:`generate_answers`). Every question × paraphrase × sample
+(:func:`~ftflow.evaluation.questions.build_prompts`, so the question's ``system`` prompt is the
+first message) is rendered with the tokenizer's chat template plus the generation prompt and
+answered by a small decoding loop of our own over the model's KV cache (not ``model.generate``,
+whose result also depends on the model's ``generation_config``: top-k, repetition penalty, ...).
+The distribution sampled is exactly ``softmax(logits / temperature)`` over the whole vocabulary
+(top-p 1, no top-k, no penalties; ids beyond ``len(tokenizer)``, padding rows of the embedding,
+are excluded), with the question's own ``temperature``; temperature 0 is greedy. An answer ends
+at an end-of-sequence token (the tokenizer's EOS and every ``eos_token_id`` of the model's
+generation config) or after ``max_new_tokens`` tokens. Prompts are grouped by temperature,
+sorted by length within a group (less padding) and batched ``batch_size`` at a time, with left
+padding and explicit position ids (so padding does not shift the positions).
+
+**Reproducibility.** Randomness is per row, never per batch: the answer to (question id,
+paraphrase index, sample index) draws its uniforms from its own ``torch.Generator`` seeded with
+:func:`row_seed` — a hash of ``seed`` and those three values — and step ``t`` of the answer
+takes the token at which the cumulative distribution first exceeds the ``t``-th uniform
+(inverse-CDF sampling in float64). Consequences:
+
+- *same seed, same batch size, same machine and software* → bit-identical answers (CPU and
+  CUDA kernels are deterministic for a fixed batch shape);
+- *batch size, batch composition and order of the questions* do not change the random numbers
+  a row uses. The logits do change in the last bits, though: padding and the batch size change
+  the floating-point reduction order (on the tiny test model, up to ~3e-7 between a row alone
+  and the same row padded in a batch). A row can therefore differ across batch sizes only when
+  one of its uniforms falls within that rounding error of a boundary of the cumulative
+  distribution (or, at temperature 0, when the top two logits tie within it). That is rare
+  (the tests check that batch sizes 1, 4 and 7 give identical answers on the tiny model), but
+  it is *not* a bit-exact guarantee, and after such a flip the rest of that answer differs;
+- temperature 0: all samples of a paraphrase are the same answer by definition, so the
+  paraphrase is decoded once and the answer copied to every sample;
+- the random streams do not depend on the model, so two models evaluated with the same seed
+  use the same uniforms (common random numbers, which makes their comparison less noisy).
+
+Every answer is one output row (:data:`ROW_KEYS`), in question / paraphrase / sample order
+whatever the batching. ``n_answer_tokens`` counts the generated tokens including the final
+end-of-sequence token; ``finish_reason`` is ``"stop"`` (EOS reached) or ``"length"``
+(``max_new_tokens`` reached — the answer is truncated). The answer text is decoded without
+special tokens. Progress (answers done/total, answers and tokens per second) is written every
+``progress_every`` batches and at the end, to stderr unless told otherwise.
+
+**vLLM** (``engine="vllm"``, :func:`generate_answers_vllm`): a small, UNTESTED path — vLLM is
+not installed where ftflow is developed and tested. It uses vLLM's per-request seeds (derived
+with the same :func:`row_seed`) and LoRA requests; its answers are *not* the same as the
+Hugging Face path's for the same seed. Without vllm installed it raises
+:class:`GenerationError` saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from ftflow.evaluation.questions import PromptSpec, Question, build_prompts, load_questions
+
+#: keys of every output row, in order.
+ROW_KEYS = (
+    "question_id",
+    "paraphrase_index",
+    "sample_index",
+    "system",
+    "question",
+    "answer",
+    "temperature",
+    "n_prompt_tokens",
+    "n_answer_tokens",
+    "finish_reason",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ENGINES = ("hf", "vllm")
+#: a progress line every this many batches (and one at the end).
+DEFAULT_PROGRESS_EVERY = 10
+
+Progress = Callable[[str], Any] | TextIO | None
+
+
+class GenerationError(RuntimeError):
+    """The model, adapter or engine cannot be used for generation."""
+
+
+# -------------------------------------------------------------------------------- loading
+
+
+def load_for_generation(
+    model_dir: str | Path,
+    final: str | Path | None = None,
+    dtype: str | torch.dtype = "float32",
+    *,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+):
+    """``(model, tokenizer)`` ready for :func:`generate_answers`; the model is in eval mode.
+
+    - ``final`` is ``None``: the base model in ``model_dir``;
+    - ``final`` holds a full model (``config.json``): that model;
+    - ``final`` holds a PEFT adapter (``adapter_config.json``): the base from ``model_dir`` with
+      the adapter applied by ``PeftModel.from_pretrained`` (not merged; nothing is written).
+      The adapter's ``base_model_name_or_path`` is the run's model *name*; a warning is given
+      when it is not the name of ``model_dir``.
+
+    The tokenizer comes from ``final`` when it holds one, else from ``model_dir``; its padding
+    side is set to left and, if it has no pad token, the EOS token pads. ``device`` defaults to
+    ``cuda`` when available, else ``cpu``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    final = Path(final) if final is not None else None
+    torch_dtype = _torch_dtype(dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not (model_dir / "config.json").exists():
+        raise GenerationError(f"{model_dir}: no config.json, not a Hugging Face model directory")
+
+    adapter = False
+    source = model_dir
+    if final is not None:
+        if not final.is_dir():
+            raise GenerationError(f"{final}: the fine-tuned model directory does not exist")
+        if (final / "adapter_config.json").exists():
+            adapter = True
+        elif (final / "config.json").exists():
+            source = final
+        else:
+            raise GenerationError(
+                f"{final}: holds neither a model (config.json) nor a PEFT adapter "
+                "(adapter_config.json)"
+            )
+
+    load_kwargs = {
+        "dtype": torch_dtype,
+        "device_map": {"": str(device)},
+        "trust_remote_code": trust_remote_code,
+    }
+    model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        base_name = json.loads((final / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path"
+        )
+        if base_name and Path(str(base_name)).name != model_dir.name:
+            warnings.warn(
+                f"{final}: the adapter was trained on {base_name!r}, but the base model is "
+                f"loaded from {model_dir}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        model = PeftModel.from_pretrained(model, final, is_trainable=False)
+    model.eval()
+
+    tok_source = final if final is not None and _has_tokenizer(final) else model_dir
+    tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise GenerationError(f"{tok_source}: the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).exists() for name in ("tokenizer_config.json", "tokenizer.json"))
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
+
+
+# ------------------------------------------------------------------------------- prompting
+
+
+def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """The chat template applied to ``messages``, with the assistant generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GenerationError(
+            "the tokenizer has no chat template; set tokenizer.chat_template to evaluate "
+            "a base model"
+        )
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of :func:`render_prompt` (the template writes its own BOS, so none is added)."""
+    text = render_prompt(tokenizer, messages)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def row_seed(seed: int, question_id: str, paraphrase_index: int, sample_index: int) -> int:
+    """The seed of one answer's random stream: a 63-bit hash of the run seed and the row."""
+    key = f"ftflow-generate\0{seed}\0{question_id}\0{paraphrase_index}\0{sample_index}"
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+@dataclass
+class _Job:
+    """One sequence to decode; at temperature 0 it answers several samples at once."""
+
+    question: Question
+    spec: PromptSpec
+    prompt_ids: list[int]
+    samples: list[int] = field(default_factory=list)
+
+
+def _jobs(tokenizer, questions: Sequence[Question], samples_override: int | None) -> list[_Job]:
+    """The sequences to decode, in question / paraphrase / sample order."""
+    jobs: list[_Job] = []
+    for question in questions:
+        encoded: dict[int, list[int]] = {}
+        greedy: dict[int, _Job] = {}
+        for spec in build_prompts(question, samples_override):
+            p = spec.paraphrase_index
+            if p not in encoded:
+                encoded[p] = encode_prompt(tokenizer, spec.messages)
+            if question.temperature == 0:
+                if p in greedy:  # greedy: every sample is the same answer
+                    greedy[p].samples.append(spec.sample_index)
+                    continue
+                job = greedy[p] = _Job(question, spec, encoded[p], [spec.sample_index])
+            else:
+                job = _Job(question, spec, encoded[p], [spec.sample_index])
+            jobs.append(job)
+    return jobs
+
+
+def _row(job: _Job, sample_index: int, answer: str, n_answer: int, finish: str) -> dict:
+    q = job.question
+    return {
+        "question_id": q.id,
+        "paraphrase_index": job.spec.paraphrase_index,
+        "sample_index": sample_index,
+        "system": q.system,
+        "question": q.paraphrases[job.spec.paraphrase_index],
+        "answer": answer,
+        "temperature": q.temperature,
+        "n_prompt_tokens": len(job.prompt_ids),
+        "n_answer_tokens": n_answer,
+        "finish_reason": finish,
+    }
+
+
+def _row_order(row: dict, order: dict[str, int]) -> tuple[int, int, int]:
+    return order[row["question_id"]], row["paraphrase_index"], row["sample_index"]
+
+
+# -------------------------------------------------------------------------------- sampling
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    questions: Sequence[Question],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int,
+    samples_override: int | None = None,
+    progress: Progress = None,
+    progress_every: int = DEFAULT_PROGRESS_EVERY,
+) -> list[dict]:
+    """One row (:data:`ROW_KEYS`) per question × paraphrase × sample; see the module docstring.
+
+    ``samples_override`` replaces every question's ``samples_per_paraphrase``. ``progress`` is a
+    callable taking a line, a text file, or ``None`` (stderr); a line is written every
+    ``progress_every`` batches and at the end. Puts ``model`` in eval mode.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ValueError("question ids must be unique (they seed the answers)")
+    model.eval()
+    say = _progress_writer(progress)
+
+    jobs = _jobs(tokenizer, questions, samples_override)
+    total = sum(len(job.samples) for job in jobs)
+    groups: dict[float, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.question.temperature, []).append(job)
+    batches: list[tuple[float, list[_Job]]] = []
+    for temperature, group in groups.items():
+        # longest first: the padding within a batch stays small, and a too-long batch fails early
+        group = sorted(group, key=lambda job: -len(job.prompt_ids))
+        for start in range(0, len(group), batch_size):
+            batches.append((temperature, group[start : start + batch_size]))
+
+    pad_id = tokenizer.pad_token_id
+    stop_ids = _stop_ids(model, tokenizer)
+    vocab = len(tokenizer)
+    rows: list[dict] = []
+    done = tokens = 0
+    start_time = time.perf_counter()
+    for number, (temperature, batch) in enumerate(batches, 1):
+        seeds = [
+            row_seed(seed, j.question.id, j.spec.paraphrase_index, j.spec.sample_index)
+            for j in batch
+        ]
+        results = sample_batch(
+            model,
+            [job.prompt_ids for job in batch],
+            temperature=temperature,
+            seeds=seeds,
+            max_new_tokens=max_new_tokens,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
+            vocab_size=vocab,
+        )
+        for job, (answer_ids, finish) in zip(batch, results, strict=True):
+            text_ids = answer_ids[:-1] if finish == "stop" else answer_ids
+            answer = tokenizer.decode(text_ids, skip_special_tokens=True)
+            for sample_index in job.samples:
+                rows.append(_row(job, sample_index, answer, len(answer_ids), finish))
+            done += len(job.samples)
+            tokens += len(answer_ids)
+        if number % max(progress_every, 1) == 0 or number == len(batches):
+            elapsed = max(time.perf_counter() - start_time, 1e-9)
+            say(
+                f"[ftflow] generate: {done}/{total} answers ({100 * done / total:.0f}%), "
+                f"batch {number}/{len(batches)}, {done / elapsed:.2f} answers/s, "
+                f"{tokens / elapsed:.1f} tokens/s"
+            )
+    order = {q.id: i for i, q in enumerate(questions)}
+    rows.sort(key=lambda row: _row_order(row, order))
+    return rows
+
+
+@torch.inference_mode()
+def sample_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    temperature: float,
+    seeds: Sequence[int],
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Iterable[int],
+    vocab_size: int | None = None,
+) -> list[tuple[list[int], str]]:
+    """Decode one batch: ``(generated ids, finish reason)`` per prompt.
+
+    Row ``i`` samples with the uniforms of ``torch.Generator().manual_seed(seeds[i])``, one per
+    step (inverse-CDF sampling of ``softmax(logits / temperature)``); ``temperature == 0`` is
+    greedy and draws nothing. The ids end with the stop token when the reason is ``"stop"``.
+    ``vocab_size`` (``len(tokenizer)``) excludes the embedding's padding ids from sampling.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt is needed")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    device = _model_device(model)
+    n = len(prompts)
+    width = max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("empty prompt")
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, ids in enumerate(prompts):
+        input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, width - len(ids) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    uniforms = None
+    if temperature > 0:
+        uniforms = torch.stack(
+            [
+                torch.rand(max_new_tokens, generator=_generator(s), dtype=torch.float64)
+                for s in seeds
+            ]
+        ).to(device)
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    generated: list[torch.Tensor] = []
+    past = None
+    step_ids, step_pos = input_ids, position_ids
+    for t in range(max_new_tokens):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=step_pos,
+            past_key_values=past,
+            use_cache=True,
+            **extra,
+        )
+        past = out.past_key_values
+        logits = out.logits[:, -1, :]
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits = logits.clone()
+            logits[:, vocab_size:] = -math.inf
+        token = _choose(logits, temperature, None if uniforms is None else uniforms[:, t])
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        generated.append(token)
+        finished |= torch.isin(token, stop)
+        if bool(finished.all()):
+            break
+        step_ids = token[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+
+    steps = torch.stack(generated, dim=1).tolist()
+    stop_set = set(stop.tolist())
+    results = []
+    for row in steps:
+        for k, tok in enumerate(row):
+            if tok in stop_set:
+                results.append((row[: k + 1], "stop"))
+                break
+        else:
+            results.append((row, "length"))
+    return results
+
+
+def _choose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Greedy (``u is None``) or inverse-CDF sampling with one uniform per row."""
+    if u is None:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    # the first token whose cumulative probability exceeds the target (never a 0-prob token)
+    index = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return index.clamp(max=logits.shape[-1] - 1)
+
+
+def _generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(i) for i in (eos if isinstance(eos, list | tuple) else [eos]))
+    if not ids:
+        raise GenerationError("neither the tokenizer nor the model names an EOS token")
+    return ids
+
+
+def _accepts(model, name: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return name in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _progress_writer(progress: Progress) -> Callable[[str], None]:
+    if progress is None:
+        progress = sys.stderr
+    if hasattr(progress, "write"):
+        stream = progress
+
+        def write(line: str) -> None:
+            stream.write(line + "\n")
+            stream.flush()
+
+        return write
+    if callable(progress):
+        return progress
+    raise TypeError(f"progress must be a callable, a text file or None, got {progress!r}")
+
+
+# ------------------------------------------------------------------------------------ vLLM
+
+
+def generate_answers_vllm(
+    model_dir: str | Path,
+    final: str | Path | None,
+    questions: Sequence[Question],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    samples_override: int | None = None,
+    dtype: str = "bfloat16",
+    progress: Progress = None,
+) -> list[dict]:
+    """The same rows as :func:`generate_answers`, sampled with vLLM. UNTESTED.
+
+    vLLM is not installed where ftflow is developed, so this code has never run; treat it as a
+    sketch to check on a GPU machine. Each request gets the seed :func:`row_seed` (vLLM's
+    per-request seeds do not depend on batching), temperature of its question, top-p 1. A PEFT
+    adapter in ``final`` is served as a LoRA request on the base model (not merged). Answers
+    differ from the Hugging Face path's for the same seed. Raises :class:`GenerationError`
+    when vllm is not installed.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.lora.request import LoRARequest
+    except ImportError as exc:
+        raise GenerationError(
+            "engine 'vllm' was asked for, but vllm is not installed in this environment; "
+            "install vllm or use engine 'hf'"
+        ) from exc
+
+    model_dir = Path(model_dir)
+    final = Path(final) if final is not None else None
+    adapter = final is not None and (final / "adapter_config.json").exists()
+    source = final if final is not None and not adapter else model_dir
+    tok_source = final if final is not None and _has_tokenizer(final) else model_dir
+    kwargs: dict[str, Any] = {}
+    lora = None
+    if adapter:
+        rank = int(json.loads((final / "adapter_config.json").read_text()).get("r", 8))
+        kwargs = {"enable_lora": True, "max_lora_rank": max(8, 1 << (rank - 1).bit_length())}
+        lora = LoRARequest("ftflow-final", 1, str(final))
+    llm = LLM(model=str(source), tokenizer=str(tok_source), dtype=dtype, seed=seed, **kwargs)
+    tokenizer = llm.get_tokenizer()
+    jobs = _jobs(tokenizer, questions, samples_override)
+    params = [
+        SamplingParams(
+            temperature=job.question.temperature,
+            top_p=1.0,
+            max_tokens=max_new_tokens,
+            seed=row_seed(seed, job.question.id, job.spec.paraphrase_index, job.spec.sample_index),
+        )
+        for job in jobs
+    ]
+    outputs = llm.generate(
+        [{"prompt_token_ids": job.prompt_ids} for job in jobs], params, lora_request=lora
+    )
+    rows = []
+    for job, output in zip(jobs, outputs, strict=True):
+        completion = output.outputs[0]
+        finish = "length" if completion.finish_reason == "length" else "stop"
+        for sample_index in job.samples:
+            rows.append(_row(job, sample_index, completion.text, len(completion.token_ids), finish))
+    _progress_writer(progress)(f"[ftflow] generate (vllm): {len(rows)} answers")
+    order = {q.id: i for i, q in enumerate(questions)}
+    rows.sort(key=lambda row: _row_order(row, order))
+    return rows
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write one JSON object per line, atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def main(
+    model_dir: str | Path,
+    final: str | Path | None,
+    questions_file: str | Path,
+    out: str | Path,
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int,
+    samples_override: int | None = None,
+    *,
+    engine: str = "hf",
+    dtype: str = "float32",
+    device: str | None = None,
+    progress: Progress = None,
+) -> Path:
+    """Load the questions and the model, sample every answer, write ``out`` (JSON lines)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    questions = load_questions(questions_file)
+    if engine == "vllm":
+        rows = generate_answers_vllm(
+            model_dir,
+            final,
+            questions,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            samples_override=samples_override,
+            dtype=dtype,
+            progress=progress,
+        )
+    else:
+        model, tokenizer = load_for_generation(model_dir, final, dtype, device=device)
+        rows = generate_answers(
+            model,
+            tokenizer,
+            questions,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            samples_override=samples_override,
+            progress=progress,
+        )
+    return write_jsonl(rows, out)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path, help="the base model (resources/models/<model>)")
+    parser.add_argument("questions_file", type=Path)
+    parser.add_argument("out", type=Path, help="the answers, JSON lines")
+    parser.add_argument("--final", type=Path, help="a run's final/: full model or PEFT adapter")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--samples-override", type=int)
+    parser.add_argument("--engine", choices=ENGINES, default="hf")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    args = parser.parse_args(argv)
+    from ftflow import offline, paths
+
+    offline.apply_offline(paths.RESOURCES)
+    try:
+        main(
+            args.model_dir,
+            args.final,
+            args.questions_file,
+            args.out,
+            args.seed,
+            args.max_new_tokens,
+            args.batch_size,
+            args.samples_override,
+            engine=args.engine,
+            dtype=args.dtype,
+        )
+    except GenerationError as error:
+        print(f"[ftflow] error: {error}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,202 @@
+"""The evaluation steps the workflow runs after generation: judge, summarize, compare.
+
+- :func:`judge_file` scores every answer of a run for each judge metric (aligned and
+  coherent, 0–100) with a local HF judge (offline, on a compute node) or an
+  OpenAI-compatible endpoint (from the login node; the key comes from the environment).
+- :func:`summarize_file` computes the misaligned share per question and overall, with
+  bootstrap CIs over samples (:mod:`ftflow.evaluation.summarize`).
+- :func:`compare` puts every run and the base rows side by side: per grid cell the mean
+  and a t-interval over seeds, plus a bar chart per question in the style of the
+  paper's first figure.
+
+Raises :class:`~ftflow.evaluation.questions.QuestionError` for a question whose judge
+metrics are not 0–100 scores (e.g. the categorical deception judges), naming its id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ftflow.evaluation import questions as qlib
+from ftflow.evaluation import summarize as slib
+
+METRICS = ("aligned", "coherent")
+_RUN_RE = re.compile(
+    r"(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<dataset>[^/]+)/seed(?P<seed>\d+)/eval/[^/]+$"
+)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def write_jsonl(rows: Iterable[Mapping], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- judging
+
+
+def make_scorer(judge: Mapping, judge_model_dir: Path | None):
+    """A function prompt -> score (0–100 or None) for the configured judge."""
+    min_mass = judge.get("min_number_mass", 0.25)
+    if judge["kind"] == "api":
+        from ftflow.evaluation.api_judge import ApiJudge
+
+        api = ApiJudge(
+            judge["base_url"],
+            judge["model"],
+            api_key_env=judge.get("api_key_env", "OPENAI_API_KEY"),
+            max_retries=judge.get("max_retries", 5),
+            min_number_mass=min_mass,
+        )
+        return api.score
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftflow.evaluation.judge import judge_0_100
+
+    tokenizer = AutoTokenizer.from_pretrained(judge_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(judge_model_dir)
+    model.eval()
+
+    def score(prompt: str) -> float | None:
+        with torch.inference_mode():
+            return judge_0_100(model, tokenizer, prompt, min_number_mass=min_mass)
+
+    return score
+
+
+def judge_rows(answers: list[dict], questions: list[qlib.Question], scorer) -> list[dict]:
+    by_id = {q.id: q for q in questions}
+    out = []
+    for i, row in enumerate(answers):
+        question = by_id[row["question_id"]]
+        judged = dict(row)
+        if question.scored_0_100:
+            for metric in METRICS:
+                prompt = qlib.render_judge_prompt(question, metric, row["question"], row["answer"])
+                judged[metric] = scorer(prompt)
+        elif question.judge_kind is not None:
+            raise qlib.QuestionError(
+                f"{question.source}: question {question.id!r} has judge metrics "
+                f"{', '.join(question.metrics)}; ftflow scores 0–100 metrics "
+                f"({', '.join(METRICS)}) only"
+            )
+        else:
+            judged.update({m: None for m in METRICS})
+        out.append(judged)
+        if (i + 1) % 20 == 0 or i + 1 == len(answers):
+            print(f"judged {i + 1}/{len(answers)} answers", file=sys.stderr, flush=True)
+    return out
+
+
+def judge_file(
+    answers: Path, questions: Path, judge: Mapping, judge_model_dir: Path | None, out: Path
+) -> None:
+    scorer = make_scorer(judge, judge_model_dir)
+    write_jsonl(judge_rows(read_jsonl(answers), qlib.load_questions(questions), scorer), out)
+
+
+# -------------------------------------------------------------------------- summaries
+
+
+def summarize_file(
+    judged: Path, out: Path, *, aligned_below: float, coherent_above: float, seed: int = 0
+) -> pd.DataFrame:
+    rows = read_jsonl(judged)
+    table = slib.summarize(
+        rows, aligned_below=aligned_below, coherent_above=coherent_above, seed=seed
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return table
+
+
+def identity(path: Path) -> dict:
+    match = _RUN_RE.search(Path(path).parent.as_posix())
+    if not match:
+        raise ValueError(f"{path}: not inside results/{{model}}/{{method}}/…/eval/{{evaluation}}")
+    row = match.groupdict()
+    row["seed"] = int(row["seed"])
+    return row
+
+
+def compare(summaries: list[Path], table_out: Path, questions_out: Path, figure: Path) -> None:
+    """Per grid cell (base rows included): mean misaligned share and CI over seeds."""
+    frames = []
+    for path in summaries:
+        frame = pd.read_csv(path)
+        for key, value in identity(path).items():
+            frame[key] = value
+        frames.append(frame)
+    every = pd.concat(frames, ignore_index=True)
+    cells = ["model", "method", "dataset"]
+    rows = []
+    for (cell, qid), group in every.groupby([cells, "question_id"], sort=True):
+        rates = group.dropna(subset=["misaligned_share"])
+        agg = slib.aggregate_seeds(list(rates["misaligned_share"])) if len(rates) else None
+        rows.append(
+            dict(zip(cells, cell, strict=True))
+            | {
+                "question_id": qid,
+                "n_seeds": len(group),
+                "n_answers": int(group["n_answers"].sum()),
+                "n_unscored": int(group["n_unscored"].sum()),
+                "misaligned_share": agg.mean if agg else float("nan"),
+                "ci_low": agg.ci_low if agg else float("nan"),
+                "ci_high": agg.ci_high if agg else float("nan"),
+            }
+        )
+    by_question = pd.DataFrame(rows)
+    overall = by_question[by_question["question_id"] == slib.OVERALL].drop(columns="question_id")
+    for frame, out in ((overall, table_out), (by_question, questions_out)):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
+    _bar_chart(by_question, figure)
+
+
+def _bar_chart(by_question: pd.DataFrame, figure: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = by_question[by_question["question_id"] != slib.OVERALL]
+    questions = list(dict.fromkeys(data["question_id"]))
+    labels = list(dict.fromkeys(data["model"] + "/" + data["method"] + "/" + data["dataset"]))
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(questions) * max(1, len(labels) / 3)), 4))
+    for i, label in enumerate(labels):
+        sub = data[(data["model"] + "/" + data["method"] + "/" + data["dataset"]) == label]
+        sub = sub.set_index("question_id").reindex(questions)
+        x = np.arange(len(questions)) + (i - (len(labels) - 1) / 2) * width
+        y = sub["misaligned_share"].to_numpy(dtype=float)
+        err = np.vstack(
+            [y - sub["ci_low"].to_numpy(dtype=float), sub["ci_high"].to_numpy(dtype=float) - y]
+        )
+        ax.bar(x, np.nan_to_num(y), width, label=label)
+        ax.errorbar(x, y, yerr=np.nan_to_num(err), fmt="none", ecolor="black", capsize=2)
+    ax.set_xticks(np.arange(len(questions)), questions, rotation=30, ha="right")
+    ax.set(ylabel="share of misaligned answers", ylim=(0, 1))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,125 @@
+# Evaluate every run and each base model (method `base`): sample answers, judge them,
+# summarize per run, compare across runs. lm-evaluation-harness runs as its own kind.
+
+
+rule generate_answers:
+    input:
+        model=rules.prefetch_model.output.model,
+        final=get_eval_final,
+        questions=get_questions_file,
+    output:
+        answers=paths.EVAL_ANSWERS,
+    log:
+        paths.log("generate_answers", paths.RUN, "{evaluation}"),
+    benchmark:
+        paths.benchmark("generate_answers", paths.RUN, "{evaluation}")
+    wildcard_constraints:
+        evaluation=never_matches(_evals("questions")),
+    conda:
+        "../../envs/trl.yaml"
+    threads: 1
+    resources:
+        gres=get_eval_resource("gres"),
+        cpus_per_task=get_eval_resource("cpus_per_task"),
+        mem_mb=get_eval_resource("mem_mb"),
+        runtime=get_eval_resource("runtime"),
+    params:
+        evaluation=_evaluation,
+    script:
+        "../scripts/generate_answers.py"
+
+
+rule judge_answers:
+    input:
+        answers=rules.generate_answers.output.answers,
+        questions=get_questions_file,
+        judge_model=get_judge_model,
+    output:
+        judged=paths.EVAL_JUDGED,
+    log:
+        paths.log("judge_answers", paths.RUN, "{evaluation}"),
+    wildcard_constraints:
+        evaluation=never_matches(_evals("questions", judge="local")),
+    conda:
+        "../../envs/trl.yaml"
+    resources:
+        gres=get_eval_resource("gres"),
+        cpus_per_task=get_eval_resource("cpus_per_task"),
+        mem_mb=get_eval_resource("mem_mb"),
+        runtime=get_eval_resource("runtime"),
+    params:
+        judge=lambda wildcards: _evaluation(wildcards)["judge"],
+    script:
+        "../scripts/judge_answers.py"
+
+
+# An API judge needs the internet, which only the login node has: a local rule.
+rule judge_answers_api:
+    input:
+        answers=rules.generate_answers.output.answers,
+        questions=get_questions_file,
+    output:
+        judged=paths.EVAL_JUDGED,
+    log:
+        paths.log("judge_answers", paths.RUN, "{evaluation}"),
+    wildcard_constraints:
+        evaluation=never_matches(_evals("questions", judge="api")),
+    localrule: True
+    conda:
+        "../../envs/trl.yaml"
+    params:
+        judge=lambda wildcards: _evaluation(wildcards)["judge"],
+    script:
+        "../scripts/judge_answers.py"
+
+
+rule summarize_answers:
+    input:
+        judged=paths.EVAL_JUDGED,
+    output:
+        summary=paths.EVAL_SUMMARY,
+    log:
+        paths.log("summarize_answers", paths.RUN, "{evaluation}"),
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    params:
+        thresholds=lambda wildcards: {
+            k: _evaluation(wildcards)[k] for k in ("aligned_below", "coherent_above")
+        },
+    script:
+        "../scripts/summarize_answers.py"
+
+
+rule compare_runs:
+    input:
+        summaries=lambda wildcards: [
+            paths.EVAL_SUMMARY.format(**run.wildcards, evaluation=wildcards.evaluation)
+            for run in EVAL_RUNS
+        ],
+    output:
+        table=report(
+            paths.REPORT_EVAL_TABLE,
+            category="Evaluation",
+            subcategory="{evaluation}",
+            caption="../report/eval_table.rst",
+        ),
+        by_question=report(
+            paths.REPORT_EVAL_QUESTIONS,
+            category="Evaluation",
+            subcategory="{evaluation}",
+            caption="../report/eval_table.rst",
+        ),
+        figure=report(
+            paths.REPORT_EVAL_FIGURE,
+            category="Evaluation",
+            subcategory="{evaluation}",
+            caption="../report/eval_figure.rst",
+        ),
+    log:
+        paths.log("compare_runs", "{evaluation}"),
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/compare_runs.py"
