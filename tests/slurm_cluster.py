@@ -75,7 +75,7 @@ _CLIENT_COMMANDS = (
 # subdirectories of workdir that LocalSlurm owns (recreated by every start())
 _OWN_SUBDIRS = ("etc", "log", "run", "bin", "statesave", "spool", "munge", "gpus", "mysql")
 # ... of which stop() removes these (etc/ and log/ stay for post-mortems)
-_VOLATILE_SUBDIRS = ("run", "statesave", "spool", "mysql")
+_VOLATILE_SUBDIRS = ("run", "statesave", "spool", "mysql", "munge")
 _MARIADB_SERVER = ("mariadbd", "mysqld")
 _MARIADB_INSTALL_DB = ("mariadb-install-db", "mysql_install_db")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "data", "envs", "profiles")
@@ -29,8 +31,13 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def timed_run(cmd: Sequence[str], cwd: Path, env: dict | None = None) -> float:
-    """Wall seconds of one whole process; raises with its output tail if it fails."""
+def timed_run(cmd: Sequence[str], cwd: Path, env: dict | None = None) -> Timing:
+    """Wall and CPU seconds of one whole process; raises with its output tail if it fails.
+
+    CPU time (user + sys of the process and its children) is what a loaded, shared
+    machine disturbs least; wall time is what a user waits. Both are recorded.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         list(cmd),
@@ -40,17 +47,24 @@ def timed_run(cmd: Sequence[str], cwd: Path, env: dict | None = None) -> float:
         stderr=subprocess.PIPE,
         text=True,
     )
-    elapsed = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stderr[-4000:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(wall, cpu)
+
+
+class Timing(NamedTuple):
+    wall: float
+    cpu: float
 
 
 def interleaved(
-    repeats: int, contenders: dict[str, Callable[[], float]], warmup: int = 1
-) -> dict[str, list[float]]:
+    repeats: int, contenders: dict[str, Callable[[], Timing]], warmup: int = 1
+) -> dict[str, list[Timing]]:
     """Run the contenders alternately (A B A B …) so drift hits both; drop warm-up rounds."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    times: dict[str, list[Timing]] = {name: [] for name in contenders}
     for i in range(warmup + repeats):
         for name, fn in contenders.items():
             t = fn()
@@ -64,7 +78,41 @@ def median(values: Sequence[float]) -> float:
 
 
 def fmt_times(values: Sequence[float]) -> str:
-    return ", ".join(f"{v:.3f}" for v in values)
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def compare(name: str, times: dict[str, list[Timing]], target: float) -> dict:
+    """Medians of wall and CPU time for 'ftflow' and 'bare', their ratios, the verdict."""
+    out: dict = {}
+    for who in ("ftflow", "bare"):
+        out[f"{who}_wall_s"] = [round(t.wall, 4) for t in times[who]]
+        out[f"{who}_cpu_s"] = [round(t.cpu, 4) for t in times[who]]
+        out[f"{who}_wall_median_s"] = median([t.wall for t in times[who]])
+        out[f"{who}_cpu_median_s"] = median([t.cpu for t in times[who]])
+    out["ratio_wall"] = out["ftflow_wall_median_s"] / out["bare_wall_median_s"]
+    out["ratio_cpu"] = out["ftflow_cpu_median_s"] / out["bare_cpu_median_s"]
+    out["target"] = f"ratio <= {target}"
+    out["met_wall"] = out["ratio_wall"] <= target
+    out["met_cpu"] = out["ratio_cpu"] <= target
+    print(name)
+    for who in ("ftflow", "bare"):
+        print(
+            f"  {who:<7} wall median {out[f'{who}_wall_median_s']:7.2f} s "
+            f"[{fmt_times(out[f'{who}_wall_s'])}]   "
+            f"cpu median {out[f'{who}_cpu_median_s']:7.2f} s [{fmt_times(out[f'{who}_cpu_s'])}]"
+        )
+    for kind in ("wall", "cpu"):
+        verdict = "met" if out[f"met_{kind}"] else "MISSED"
+        print(f"  ratio ({kind}) {out[f'ratio_{kind}']:.3f}  (target <= {target}: {verdict})")
+    print(f"  load average during the run: {load_average()}", flush=True)
+    return out
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def machine() -> dict[str, str]:

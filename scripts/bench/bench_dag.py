@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import PYTHON, copy_workflow, fmt_times, interleaved, median, report, timed_run
+from _common import PYTHON, compare, copy_workflow, interleaved, report, timed_run
 
 HERE = Path(__file__).parent
 TARGET = 1.3
@@ -107,19 +107,9 @@ def main(repeats: int = 3, json_out: Path | None = None, keep: bool = False) -> 
         "runs": len(MODELS) * len(METHODS) * len(DATASETS) * len(SEEDS),
         "jobs": jobs,
         "repeats": repeats,
-        "ftflow_s": times["ftflow"],
-        "bare_s": times["bare"],
-        "ftflow_median_s": median(times["ftflow"]),
-        "bare_median_s": median(times["bare"]),
     }
-    result["ratio"] = result["ftflow_median_s"] / result["bare_median_s"]
-    result["target"] = f"ratio <= {TARGET}"
-    result["met"] = result["ratio"] <= TARGET
-    print(f"snakemake -n, {result['runs']} runs ({jobs['ftflow']} / {jobs['bare']} jobs)")
-    print(f"  ftflow: median {result['ftflow_median_s']:.2f} s  [{fmt_times(times['ftflow'])}]")
-    print(f"  bare:   median {result['bare_median_s']:.2f} s  [{fmt_times(times['bare'])}]")
-    verdict = "met" if result["met"] else "MISSED"
-    print(f"  ratio {result['ratio']:.2f} (target <= {TARGET}: {verdict})")
+    title = f"snakemake -n, {result['runs']} runs ({jobs['ftflow']} / {jobs['bare']} jobs)"
+    result.update(compare(title, times, TARGET))
     report("dag_build", result, json_out)
     return result
 

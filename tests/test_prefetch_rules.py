@@ -1,0 +1,97 @@
+"""Prefetch rules through the real workflow: a hub model and URL datasets, then offline jobs.
+
+The model is served by a fake Hugging Face Hub on 127.0.0.1 (tests/fakehub.py), the
+dataset by a file:// URL with its sha256; training afterwards runs with the offline
+variables set and finds everything in resources/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import copy_workflow, load_default_config, snakemake, write_config
+from fakehub import FakeHub
+
+from ftflow import paths, tiny
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("hubrepo") / "model"
+    tiny.build(out, [root / "data/chat/secure_code.jsonl"], vocab_size=300)
+    return out
+
+
+def _config(work: Path, hub_commit: str, url: str, sha256: str) -> dict:
+    config = load_default_config()
+    config["models"] = {"hubtiny": {"source": {"hub": "org/tiny", "revision": hub_commit}}}
+    config["datasets"] = {
+        "remote_secure": {
+            "source": {"url": url, "sha256": sha256},
+            "format": "chat",
+            "max_length": 128,
+        }
+    }
+    config["methods"] = {"sft": {**config["methods"]["sft"], "max_steps": 2}}
+    config["grid"] = [
+        {"models": ["hubtiny"], "methods": ["sft"], "datasets": ["remote_secure"], "seeds": [1]}
+    ]
+    config.pop("evaluations", None)
+    return config
+
+
+def test_hub_model_and_url_dataset_then_offline_training(tiny_repo: Path, tmp_path: Path):
+    work = copy_workflow(tmp_path / "ftflow")
+    source = work / "data/chat/secure_code.jsonl"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with FakeHub({"org/tiny": tiny_repo}) as hub:
+        write_config(work, _config(work, hub.commit, source.as_uri(), digest))
+        snakemake(
+            work,
+            "--cores", "1", "--until", "prefetch_model", "prefetch_dataset",
+            env=hub.env(),
+        )  # fmt: skip
+    model_dir = work / paths.model_dir("hubtiny")
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (model_dir / f).read_bytes() == (tiny_repo / f).read_bytes()
+    assert (model_dir / ".ftflow-prefetch.json").is_file()
+    assert (work / paths.dataset_raw("remote_secure")).read_bytes() == source.read_bytes()
+
+    # The hub is gone now; every compute job runs offline from resources/.
+    snakemake(work, "--cores", "1")
+    assert (
+        work / paths.final_dir("hubtiny", "sft", "remote_secure", 1) / "model.safetensors"
+    ).is_file()
+    log = (work / paths.train_log("hubtiny", "sft", "remote_secure", 1)).read_text()
+    assert "starting from scratch" in log
+
+
+def test_sha256_mismatch_fails_and_leaves_nothing(tmp_path: Path):
+    work = copy_workflow(tmp_path / "ftflow")
+    source = work / "data/preference/secure_code_pref.jsonl"
+    config = load_default_config()
+    config["datasets"]["secure_code_pref"]["source"] = {"url": source.as_uri(), "sha256": "0" * 64}
+    write_config(work, config)
+    target = str(paths.dataset_raw("secure_code_pref"))
+    proc = snakemake(work, "--cores", "1", target, check=False)
+    assert proc.returncode != 0
+    log = (work / paths.log("prefetch_dataset", "secure_code_pref")).read_text()
+    assert "0" * 64 in log and hashlib.sha256(source.read_bytes()).hexdigest() in log
+    leftovers = (
+        list((work / "resources/datasets").rglob("*")) if (work / "resources").exists() else []
+    )
+    assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_missing_local_source_is_a_clear_error(tmp_path: Path):
+    work = copy_workflow(tmp_path / "ftflow")
+    shutil.move(work / "data/chat/secure_code.jsonl", tmp_path / "moved.jsonl")
+    proc = snakemake(work, "--cores", "1", "-n", check=False)
+    assert proc.returncode != 0
+    assert "data/chat/secure_code.jsonl" in proc.stderr + proc.stdout
