@@ -420,8 +420,8 @@ class LocalSlurm:
         for sub in _OWN_SUBDIRS:
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
             (self.workdir / sub).mkdir()
-        # the daemons run as root; keep the tree private (munged insists on it)
-        for d in (self.workdir, self.etc, self.rundir, self.workdir / "munge"):
+        # secrets (munge key, DB password) and sockets: root only
+        for d in (self.etc, self.rundir, self.workdir / "munge"):
             os.chmod(d, 0o700)
 
         # unix sockets: sun_path is limited to 108 bytes.  Besides munged's and
@@ -605,6 +605,7 @@ StorageLoc=slurm_acct_db
                 env=self.env,
                 cwd=self.workdir,
                 start_new_session=True,  # ^C in the terminal reaches only pytest
+                preexec_fn=_die_with_parent,
             )
         d = _Daemon(name, proc, log)
         self._daemons.append(d)
@@ -822,6 +823,24 @@ StorageLoc=slurm_acct_db
             return res.returncode == 0
 
         self._wait("sacct to answer", sacct_ok)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the thread that started it dies.
+
+    So that a SIGKILLed test run (e.g. a CI timeout, where atexit does not
+    run) does not leave the daemons behind.  Caveat of PR_SET_PDEATHSIG: it
+    fires when the starting *thread* ends, so start the cluster from a thread
+    that outlives it (pytest fixtures run in the main thread).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort only
+        pass
 
 
 def parse_tres(tres: str) -> dict[str, str]:

@@ -129,9 +129,14 @@ def check_results(data: dict) -> dict:
 # --------------------------------------------------------------------------- offline runs
 
 
+@pytest.fixture(scope="module")
+def base_results(workdir) -> dict:
+    return json.loads(run_offline(workdir, "--seed", "3").read_text())
+
+
 @needs_lm_eval
-def test_base_model_offline(workdir):
-    data = json.loads(run_offline(workdir, "--seed", "3").read_text())
+def test_base_model_offline(base_results):
+    data = base_results
     check_results(data)
     assert data["model"] == {
         "base": "resources/models/tiny",
@@ -145,7 +150,7 @@ def test_base_model_offline(workdir):
 
 
 @needs_lm_eval
-def test_lora_adapter_loads_as_base_plus_adapter(workdir):
+def test_lora_adapter_loads_as_base_plus_adapter(workdir, base_results):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -165,7 +170,7 @@ def test_lora_adapter_loads_as_base_plus_adapter(workdir):
     (final / "adapter_config.json").write_text(json.dumps(config))
     lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
-    base = json.loads(run_offline(workdir).read_text())
+    base = base_results
     data = json.loads(run_offline(workdir, "--final", str(final.relative_to(workdir))).read_text())
     check_results(data)
     assert data["model"]["base"] == "resources/models/tiny"

@@ -31,8 +31,10 @@ paraphrase index, sample index) draws its uniforms from its own ``torch.Generato
 takes the token at which the cumulative distribution first exceeds the ``t``-th uniform
 (inverse-CDF sampling in float64). Consequences:
 
-- *same seed, same batch size, same machine and software* → bit-identical answers (CPU and
-  CUDA kernels are deterministic for a fixed batch shape);
+- *same seed, same batch size, same machine and software* → bit-identical answers, as far as
+  the kernels are deterministic for a fixed batch shape: tested on CPU; on CUDA, cuBLAS and
+  attention forward kernels normally are, but only ``torch.use_deterministic_algorithms(True)``
+  (with ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) makes it a promise — this has not been run on a GPU;
 - *batch size, batch composition and order of the questions* do not change the random numbers
   a row uses. The logits do change in the last bits, though: padding and the batch size change
   the floating-point reduction order (on the tiny test model, up to ~3e-7 between a row alone
