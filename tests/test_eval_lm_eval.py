@@ -80,26 +80,33 @@ def workdir(tmp_path_factory) -> Path:
     return work
 
 
-def run_offline(workdir: Path, *args: str) -> Path:
-    """``python -m ftflow.evaluation.lm_eval_runner`` on the local task, offline, no network."""
-    out = workdir / "eval" / f"lm_eval_{next(RUNS)}.json"
-    log = workdir / "network.log"
-    log.unlink(missing_ok=True)
+def clean_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without Hugging Face settings, HOME in ``workdir``, + ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(
         HOME=str(workdir / "home"),  # nothing may be written to the user's caches either
         XDG_CACHE_HOME=str(workdir / "home/.cache"),
-        PYTHONPATH=os.pathsep.join(
-            [str(workdir / "guard"), str(REPO / "src"), env.get("PYTHONPATH", "")]
-        ),
-        FTFLOW_NETWORK_LOG=str(log),
+        PYTHONPATH=os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]),
+        **extra,
     )
+    return env
+
+
+def run_offline(
+    workdir: Path, *args: str, task: str = TASK, include: Path = REPO / TASKS_DIR
+) -> Path:
+    """``python -m ftflow.evaluation.lm_eval_runner`` on ``task``, offline, no network."""
+    out = workdir / "eval" / f"lm_eval_{next(RUNS)}.json"
+    log = workdir / "network.log"
+    log.unlink(missing_ok=True)
+    env = clean_env(workdir, FTFLOW_NETWORK_LOG=str(log))
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir / "guard"), env["PYTHONPATH"]])
     cmd = [
         sys.executable, "-m", "ftflow.evaluation.lm_eval_runner",
         "--resources", "resources",
         "--model-dir", "resources/models/tiny",
-        "--tasks", TASK,
-        "--include-path", str(REPO / TASKS_DIR),  # absolute; the data file path is relative
+        "--tasks", task,
+        "--include-path", str(include),  # absolute; the task's data file path is relative
         "--out", str(out.relative_to(workdir)),
         "--batch-size", "4",
         *args,
@@ -180,9 +187,36 @@ def test_lora_adapter_loads_as_base_plus_adapter(workdir, base_results):
 
 
 @needs_lm_eval
-def test_limit(workdir):
-    data = json.loads(run_offline(workdir, "--limit", "4").read_text())
-    task = data["results"][TASK]
+def test_hub_task_prefetched_then_offline(workdir):
+    """A task whose data is a hub dataset: loaded once online (the login node, here a fake hub
+    on 127.0.0.1) into resources/, then evaluated offline; also ``--limit``."""
+    from fakehub import FakeHub
+
+    dataset = workdir / "hub_dataset"
+    (dataset / "data").mkdir(parents=True)
+    (dataset / "data/test.jsonl").write_bytes((TASK_DIR / f"{TASK}.jsonl").read_bytes())
+    config = yaml.safe_load((TASK_DIR / f"{TASK}.yaml").read_text())
+    config.pop("dataset_kwargs")
+    config.update(task="hub_secure_code", dataset_path="org/secure_code")
+    tasks = workdir / "hub_tasks"
+    (tasks / "hub_secure_code").mkdir(parents=True)
+    (tasks / "hub_secure_code/hub_secure_code.yaml").write_text(yaml.safe_dump(config))
+
+    with FakeHub({"datasets/org/secure_code": dataset}) as hub:
+        cmd = [
+            sys.executable, "-m", "ftflow.evaluation.lm_eval_runner", "--prefetch",
+            "--resources", "resources", "--tasks", "hub_secure_code", "--include-path", str(tasks),
+        ]  # fmt: skip
+        env = clean_env(workdir, **hub.env())
+        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        assert hub.requests_to("data/test.jsonl"), "the dataset was not downloaded"
+        seen = len(hub.requests)
+        out = run_offline(workdir, "--limit", "4", task="hub_secure_code", include=tasks)
+        assert len(hub.requests) == seen
+    data = json.loads(out.read_text())
+    task = data["results"]["hub_secure_code"]
+    assert 0.0 <= task["metrics"]["acc"] <= 1.0
     assert task["n_samples"] == 4 and task["n_samples_total"] == TASK_SIZE
     assert data["settings"]["limit"] == 4
 

@@ -189,3 +189,16 @@ def test_batch_is_derived_and_recorded(tmp_path: Path):
         "gradient_accumulation_steps": 2,
         "processes": 2,
     }
+
+
+def test_two_process_ddp_on_cpu(tmp_path: Path):
+    """torchrun with 2 CPU processes: the global batch splits over both, steps logged once."""
+    work = copy_workflow(tmp_path / "ftflow")
+    config = _one_run_config("sft", "secure_code", distributed="ddp", max_steps=4)
+    config["methods"]["sft"]["resources"].update(cpu_processes=2, cpus_per_task=1)
+    write_config(work, config)
+    snakemake(work, str(paths.final_dir("tiny", "sft", "secure_code", 7)), "--cores", "2")
+    log = (work / paths.train_log("tiny", "sft", "secure_code", 7)).read_text()
+    assert log.count("starting from scratch") == 2  # one line per process
+    rows = (work / paths.metrics_file("tiny", "sft", "secure_code", 7)).read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]

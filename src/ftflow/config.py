@@ -18,6 +18,7 @@ settings (:func:`resolve_run`) are what ``run.yaml`` holds.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -64,7 +65,14 @@ class Run:
 
 
 def load_schema(path: Path | None = None) -> dict:
-    path = path or _schema_path()
+    """The schema, a fresh copy each call (parsed once per file version)."""
+    path = Path(path or _schema_path()).resolve()
+    stat = path.stat()
+    return copy.deepcopy(_parse_schema(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_schema(path: str, mtime_ns: int, size: int) -> dict:
     with open(path) as handle:
         return yaml.safe_load(handle)
 

@@ -32,6 +32,16 @@ resolves them against the *current working directory*, so a task would only load
 its own folder. The runner rewrites them to absolute paths while it builds the tasks (the YAML
 files are not changed). URLs and ``hf://`` paths are left alone.
 
+Command line (what a Snakemake rule runs)::
+
+    # login node, online: put the tasks' hub datasets into resources/hf_home/datasets
+    python -m ftflow.evaluation.lm_eval_runner --prefetch --resources resources \
+        --tasks hellaswag,ftflow_secure_code --include-path data/lm_eval_tasks
+    # compute node, offline
+    python -m ftflow.evaluation.lm_eval_runner --resources resources \
+        --model-dir resources/models/tiny --final results/.../final \
+        --tasks ftflow_secure_code --include-path data/lm_eval_tasks --out results/.../eval/x.json
+
 The results file (written atomically) holds, per task, lm-eval's metrics (``acc``,
 ``acc_stderr``, ...; filter ``none`` dropped from the key, other filters kept as
 ``metric,filter``), the number of samples evaluated and in the task, the few-shot count and the
@@ -394,36 +404,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ftflow.evaluation.lm_eval_runner", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--model-dir", type=Path, required=True, help="base model directory")
-    parser.add_argument("--final", type=Path, help="the run's final/ (full model or adapter)")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     parser.add_argument("--include-path", type=Path, help="folder of extra task YAMLs")
-    parser.add_argument("--out", type=Path, required=True, help="results JSON to write")
     parser.add_argument(
-        "--resources", type=Path, help="go offline with Hugging Face caches in this folder"
+        "--resources",
+        type=Path,
+        help="Hugging Face caches in this folder; offline unless --prefetch",
     )
+    parser.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="login node: only load the tasks once (online) to fill the datasets cache",
+    )
+    parser.add_argument("--model-dir", type=Path, help="base model directory")
+    parser.add_argument("--final", type=Path, help="the run's final/ (full model or adapter)")
+    parser.add_argument("--out", type=Path, help="results JSON to write")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-fewshot", type=int)
     parser.add_argument("--device")
     args = parser.parse_args(argv)
+    tasks = [task for task in args.tasks.split(",") if task]
 
     if args.resources is not None:
-        from ftflow.offline import apply_offline
+        from ftflow.offline import OFFLINE_ENV, apply_offline, offline_env
 
-        apply_offline(args.resources)
+        if args.prefetch:
+            env = offline_env(args.resources)
+            os.environ.update({k: v for k, v in env.items() if k not in OFFLINE_ENV})
+        else:
+            apply_offline(args.resources)
     if "HF_HOME" in os.environ:
         # lm-eval's request cache (only used with cache_requests, which the runner never sets)
         # would otherwise default to a folder inside its installed package.
         os.environ.setdefault("LM_HARNESS_CACHE_PATH", str(Path(os.environ["HF_HOME"]) / "lm_eval"))
+
+    if args.prefetch:
+        for name in prefetch_tasks(tasks, args.include_path):
+            print(f"[ftflow] lm-eval task {name} prefetched", flush=True)
+        return 0
+    if args.model_dir is None or args.out is None:
+        parser.error("--model-dir and --out are required (unless --prefetch)")
     limit = args.limit
     if limit is not None and limit >= 1 and limit == int(limit):
         limit = int(limit)
     summary = run_lm_eval(
         args.model_dir,
         args.final,
-        [task for task in args.tasks.split(",") if task],
+        tasks,
         args.include_path,
         args.out,
         batch_size=args.batch_size,

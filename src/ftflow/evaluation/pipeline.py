@@ -148,7 +148,7 @@ def compare(summaries: list[Path], table_out: Path, questions_out: Path, figure:
     every = pd.concat(frames, ignore_index=True)
     cells = ["model", "method", "dataset"]
     rows = []
-    for (cell, qid), group in every.groupby([cells, "question_id"], sort=True):
+    for (*cell, qid), group in every.groupby([*cells, "question_id"], sort=True):
         rates = group.dropna(subset=["misaligned_share"])
         agg = slib.aggregate_seeds(list(rates["misaligned_share"])) if len(rates) else None
         rows.append(
