@@ -39,3 +39,4 @@ rule all:
             [paths.REPORT_EVAL_TABLE, paths.REPORT_EVAL_FIGURE],
             evaluation=_evals("questions"),
         ),
+        expand(paths.REPORT_LM_EVAL_TABLE, evaluation=_evals("lm_eval")),

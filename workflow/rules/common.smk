@@ -96,7 +96,9 @@ def get_train_resource(name, default=None):
     per job (each input function costs it a signature inspection per job: ~0.4 s per
     1,000 runs for the nine resources); else an input function of the job's method.
     """
-    values = [launch.slurm_resources(m).get(name, default) for m in config["methods"].values()]
+    values = [
+        launch.slurm_resources(m).get(name, default) for m in config["methods"].values()
+    ]
     if all(value == values[0] for value in values):
         return values[0]
 

@@ -123,3 +123,67 @@ rule compare_runs:
         "../../envs/report.yaml"
     script:
         "../scripts/compare_runs.py"
+
+
+# lm-evaluation-harness: task data is fetched here, on the login node, into resources/;
+# the evaluation itself runs offline on a compute node.
+rule prefetch_eval_tasks:
+    output:
+        tasks=paths.LM_EVAL_TASKS,
+    log:
+        paths.log("prefetch_eval_tasks", "{evaluation}"),
+    localrule: True
+    conda:
+        "../../envs/trl.yaml"
+    params:
+        evaluation=_evaluation,
+    script:
+        "../scripts/prefetch_eval_tasks.py"
+
+
+rule run_lm_eval:
+    input:
+        model=rules.prefetch_model.output.model,
+        final=get_eval_final,
+        tasks=rules.prefetch_eval_tasks.output.tasks,
+    output:
+        results=paths.EVAL_LM_EVAL,
+    log:
+        paths.log("run_lm_eval", paths.RUN, "{evaluation}"),
+    benchmark:
+        paths.benchmark("run_lm_eval", paths.RUN, "{evaluation}")
+    wildcard_constraints:
+        evaluation=never_matches(_evals("lm_eval")),
+    conda:
+        "../../envs/trl.yaml"
+    resources:
+        gres=get_eval_resource("gres"),
+        cpus_per_task=get_eval_resource("cpus_per_task"),
+        mem_mb=get_eval_resource("mem_mb"),
+        runtime=get_eval_resource("runtime"),
+    params:
+        evaluation=_evaluation,
+    script:
+        "../scripts/run_lm_eval.py"
+
+
+rule compare_lm_eval:
+    input:
+        results=lambda wildcards: [
+            paths.EVAL_LM_EVAL.format(**run.wildcards, evaluation=wildcards.evaluation)
+            for run in EVAL_RUNS
+        ],
+    output:
+        table=report(
+            paths.REPORT_LM_EVAL_TABLE,
+            category="Evaluation",
+            subcategory="{evaluation}",
+            caption="../report/lm_eval_table.rst",
+        ),
+    log:
+        paths.log("compare_lm_eval", "{evaluation}"),
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/compare_lm_eval.py"

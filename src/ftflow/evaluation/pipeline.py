@@ -200,3 +200,18 @@ def _bar_chart(by_question: pd.DataFrame, figure: Path) -> None:
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=100)
     plt.close(fig)
+
+
+def compare_lm_eval(results: list[Path], out: Path) -> pd.DataFrame:
+    """One row per run and task; one column per metric (e.g. acc, acc_stderr)."""
+    rows = []
+    for path in results:
+        data = json.loads(Path(path).read_text())
+        for task, info in data["results"].items():
+            row = identity(path) | {"task": task, "n_samples": info.get("n_samples")}
+            row.update({k: v for k, v in info["metrics"].items() if not isinstance(v, dict)})
+            rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["task", "model", "method", "dataset", "seed"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return table
