@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "data", "envs", "profiles")
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "data", "envs", "profiles", "slurm")
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -20,7 +20,9 @@ def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
         src = REPO / part
-        if src.is_dir():
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dest / part)
+        elif src.is_dir():
             shutil.copytree(src, dest / part)
         elif src.exists():
             shutil.copy2(src, dest / part)

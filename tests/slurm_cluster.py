@@ -145,7 +145,7 @@ def available() -> tuple[bool, str]:
     """Whether a local cluster can be started here: (ok, reason-if-not).
 
     Says no only when the system packages (or root rights) are missing; see
-    ``.ci/install-slurm.sh``.
+    ``scripts/install-system-deps.sh``.
     """
     missing = sorted({pkg for b, pkg in REQUIRED_BINARIES.items() if _which(b) is None})
     if _which_any(_MARIADB_SERVER) is None or _which_any(_MARIADB_INSTALL_DB) is None:
@@ -154,7 +154,7 @@ def available() -> tuple[bool, str]:
         return False, (
             "local SLURM cluster unavailable, missing Debian packages: "
             + ", ".join(missing)
-            + " (run .ci/install-slurm.sh)"
+            + " (run scripts/install-system-deps.sh)"
         )
     if os.geteuid() != 0:
         return False, "local SLURM cluster needs root (slurmd must run as root)"

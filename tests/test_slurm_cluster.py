@@ -1,7 +1,7 @@
 """Against a real single-node SLURM cluster on localhost (tests/slurm_cluster.py).
 
 Skipped, with the reason, only when the Debian packages are missing (see
-.ci/install-slurm.sh); with FTFLOW_REQUIRE_SLURM=1 (set it in CI) a missing
+scripts/install-system-deps.sh); with FTFLOW_REQUIRE_SLURM=1 (set it in CI) a missing
 cluster is a failure instead of a skip.
 """
 

@@ -314,6 +314,12 @@ def main(run_config: Path) -> Path:
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
+    print(
+        f"[ftflow] rank {rank} of {os.environ.get('WORLD_SIZE', '1')}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
+        f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', 'none')}",
+        flush=True,
+    )
 
     # ---- Resume --------------------------------------------------------------------
     resume = None

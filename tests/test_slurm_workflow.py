@@ -1,0 +1,161 @@
+"""`snakemake --profile slurm` against a real single-node SLURM started by the test.
+
+What is checked is read back from SLURM itself (sacct / scontrol), not from our own
+strings: one SLURM job per compute job and none for local rules, the exact GPUs, CPUs,
+memory and time a training job asked for, and a job killed at its time limit that is
+retried, resumes from its checkpoint and ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import copy_workflow, load_default_config, snakemake, write_config
+from safetensors.torch import load_file
+from slurm_cluster import LocalSlurm, available, parse_tres
+
+from ftflow import paths
+
+_OK, _WHY = available()
+if not _OK and os.environ.get("FTFLOW_REQUIRE_SLURM") == "1":
+    raise RuntimeError(f"FTFLOW_REQUIRE_SLURM=1 but {_WHY}")
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(not _OK, reason=_WHY)]
+
+LOCAL_RULES = {"prefetch_model", "prefetch_dataset", "configure_run", "report",
+               "summarize_answers", "compare_runs", "prefetch_eval_tasks", "compare_lm_eval",
+               "all"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def profile_run(slurm: LocalSlurm, work: Path, *args: str, timeout=1800):
+    """`snakemake --profile slurm` exactly as a user types it, with the site variables set."""
+    env = {
+        **slurm.env,
+        "FTFLOW_SLURM_ACCOUNT": slurm.account,
+        "FTFLOW_SLURM_PARTITION": slurm.partition,
+    }
+    return snakemake(
+        work,
+        "--profile", "slurm",
+        "--slurm-init-seconds-before-status-checks", "1",
+        *args,
+        env=env,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def _rule(row: dict) -> str:
+    """The plugin's sbatch --comment is rule_<name>[_wildcards_<values>]."""
+    return row["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+
+
+def _jobs(slurm: LocalSlurm, work: Path, rule: str | None = None) -> list[dict]:
+    rows = [r for r in slurm.sacct_jobs() if Path(r["WorkDir"]).resolve() == work.resolve()]
+    return [r for r in rows if rule is None or _rule(r) == rule]
+
+
+def _jobs_by_rule(slurm: LocalSlurm, work: Path) -> Counter:
+    return Counter(_rule(r) for r in _jobs(slurm, work))
+
+
+def _planned_jobs(work: Path) -> Counter:
+    out = snakemake(work, "-n", "--forceall", "--quiet", "rules").stdout
+    counts = Counter()
+    for line in out.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) not in ("total", "job"):
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_default_workflow_through_the_profile(slurm, tmp_path):
+    work = copy_workflow(tmp_path / "ftflow")
+    planned = _planned_jobs(work)
+    profile_run(slurm, work)
+    assert (work / paths.REPORT_RUNS).is_file()
+    submitted = _jobs_by_rule(slurm, work)
+    expected = Counter({r: n for r, n in planned.items() if r not in LOCAL_RULES})
+    assert submitted == expected, f"sacct: {submitted}, compute jobs planned: {expected}"
+    assert not set(submitted) & LOCAL_RULES
+    # Each job's SLURM log lands where the README says.
+    assert list((work / "logs/slurm").rglob("*.log"))
+
+
+def _gpu_config(**sft) -> dict:
+    config = load_default_config()
+    config.pop("evaluations")
+    config["methods"]["sft"].update(sft)
+    config["grid"] = [
+        {"models": ["tiny"], "methods": ["sft"], "datasets": ["secure_code"], "seeds": [3]}
+    ]
+    return config
+
+
+def test_gpu_training_job_asks_exactly_what_its_config_says(slurm, tmp_path):
+    work = copy_workflow(tmp_path / "ftflow")
+    config = _gpu_config(
+        max_steps=4,
+        resources={"gpus_per_node": 2, "cpus_per_task": 1, "mem_mb": 1500, "runtime": 7},
+    )
+    write_config(work, config)
+    profile_run(slurm, work)
+    rows = _jobs(slurm, work, "train")
+    assert len(rows) == 1, rows
+    row = rows[0]
+    tres = parse_tres(row["AllocTRES"])
+    assert tres["gres/gpu"] == "2"
+    assert tres["cpu"] == "2"  # 1 CPU per GPU, one task hosting both processes
+    assert tres["mem"] == "1500M"
+    assert row["Timelimit"] == "00:07:00"
+    assert row["State"] == "COMPLETED"
+    log = (work / paths.train_log("tiny", "sft", "secure_code", 3)).read_text()
+    assert f"SLURM_JOB_ID={row['JobID']}" in log
+    assert re.search(r"CUDA_VISIBLE_DEVICES=\d,\d", log), log  # the GPUs SLURM gave the job
+
+
+def test_time_limit_kill_retry_resume(slurm, tmp_path):
+    """1-minute limit, ~2 minutes of training: TIMEOUT, retried, resumed, same weights."""
+    steps = 2400
+    config = _gpu_config(
+        max_steps=steps,
+        save_steps=200,
+        per_device_batch_size=8,
+        global_batch_size=8,
+        lr_scheduler="constant",
+        resources={"cpus_per_task": 1, "mem_mb": 2000, "runtime": 1, "retry_runtime": 10},
+    )
+    work = copy_workflow(tmp_path / "slurm")
+    write_config(work, config)
+    profile_run(slurm, work)
+
+    rows = _jobs(slurm, work, "train")
+    states = [r["State"].split()[0] for r in rows]
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", rows
+    assert rows[0]["Timelimit"] == "00:01:00" and rows[-1]["Timelimit"] == "00:10:00"
+    log = (work / paths.train_log("tiny", "sft", "secure_code", 3)).read_text()
+    resumed = re.search(r"resuming from checkpoint-(\d+) \(step (\d+)\)", log)
+    assert resumed and 0 < int(resumed.group(2)) < steps, log[-3000:]
+
+    straight = copy_workflow(tmp_path / "local")
+    write_config(straight, config)
+    snakemake(straight, "--cores", "1")
+    final = paths.final_dir("tiny", "sft", "secure_code", 3)
+    a = load_file(work / final / "model.safetensors")
+    b = load_file(straight / final / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    shutil.rmtree(straight)
