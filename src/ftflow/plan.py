@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PLAN_CSV = Path("results/plan/plan.csv")
+from ftflow import paths
+
+PLAN_CSV = paths.RESULTS / "plan" / "plan.csv"
 COST_KEY = "plan_cost_per_gpu_hour"
 TRAINING_RULES = frozenset({"train"})  # resources from config["methods"][m]["resources"]
 SKIPPED_RULES = frozenset({"plan"})  # the plan never plans itself
