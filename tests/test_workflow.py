@@ -174,3 +174,42 @@ def test_dag_and_rulegraph_render(default_run: Path, tmp_path: Path):
             ["dot", "-Tsvg"], input=graph, capture_output=True, text=True, check=True
         ).stdout
         assert "<svg" in svg and "train" in svg and "prepare_dataset" in svg
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_evaluation_covers_every_run_and_the_base_rows(default_run: Path):
+    from ftflow.evaluation import questions as qlib
+
+    questions = qlib.load_questions(default_run / DEFAULT["evaluations"]["em_demo"]["questions"])
+    expected_answers = {q.id: q.samples_per_paraphrase * len(q.paraphrases) for q in questions}
+    for run in ftconfig.eval_runs(DEFAULT):
+        summary = pd.read_csv(
+            default_run / paths.eval_file(paths.EVAL_SUMMARY, **run.wildcards, evaluation="em_demo")
+        )
+        per_q = summary[summary.question_id != "__overall__"].set_index("question_id")
+        assert per_q["n_answers"].to_dict() == expected_answers
+        assert (summary.n_scored + summary.n_unscored == summary.n_answers).all()
+        rates = summary.misaligned_share.dropna()
+        assert ((rates >= 0) & (rates <= 1)).all()
+        ok = summary.dropna(subset=["misaligned_share"])
+        assert ((ok.ci_low <= ok.misaligned_share) & (ok.misaligned_share <= ok.ci_high)).all()
+    table = pd.read_csv(default_run / paths.REPORT_EVAL_TABLE.format(evaluation="em_demo"))
+    assert ("tiny", "base", "none") in set(
+        zip(table.model, table.method, table.dataset, strict=True)
+    )
+    assert len(table) == len({(r.model, r.method, r.dataset) for r in ftconfig.eval_runs(DEFAULT)})
+    assert (table.n_seeds == 2).all()
+    png = default_run / paths.REPORT_EVAL_FIGURE.format(evaluation="em_demo")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    lm = pd.read_csv(default_run / paths.REPORT_LM_EVAL_TABLE.format(evaluation="secure_choice"))
+    assert len(lm) == len(ftconfig.eval_runs(DEFAULT)) and (lm.n_samples == 10).all()
+    assert lm.acc.between(0, 1).all()
+
+
+def test_lora_eval_reads_the_adapter_without_merging(default_run: Path):
+    final = default_run / paths.final_dir("tiny", "lora", "secure_code", 1)
+    assert not (final / "model.safetensors").exists()  # only the adapter is there
+    log = default_run / paths.log("generate_answers", "tiny/lora/secure_code/seed1", "em_demo")
+    assert log.is_file()
