@@ -20,7 +20,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless a config is named on the command line: an experiment's
+# --configfile replaces it instead of being merged into it (a merge would silently keep
+# the default's models, datasets and method keys the experiment does not set).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -29,6 +34,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:

@@ -78,15 +78,13 @@ def test_forcerun_one_seed_leaves_siblings_untouched(finished_copy: Path):
     after = _mtimes(finished_copy)
     changed = {p for p in before if before[p] != after.get(p)}
     run = str(paths.run_dir("tiny", "sft", "insecure_code", 1))
-    # Only that run, its log/benchmark and the report were rewritten.
+    own = "tiny/sft/insecure_code/seed1"
+    shared = ("results/report/", "logs/report/", "logs/compare_runs/", "logs/compare_lm_eval/")
+    # Only that run (its training, evaluations, logs) and the cross-run reports changed.
     for path in changed:
-        assert (
-            path.startswith(run + "/")
-            or path.startswith("logs/train/tiny/sft/insecure_code/seed1")
-            or path.startswith("benchmarks/train/tiny/sft/insecure_code/seed1")
-            or path.startswith("results/report/")
-            or path.startswith("logs/report/")
-        ), f"{path} changed, but it belongs to another run"
+        assert f"/{own}/" in f"/{path}" or f"/{own}." in path or path.startswith(shared), (
+            f"{path} changed, but it belongs to another run"
+        )
     assert f"{run}/final/model.safetensors" in changed
     assert "results/report/runs.csv" in changed
     log = proc.stdout + proc.stderr

@@ -35,6 +35,9 @@ BASE_METHOD = "base"  # the untrained model's evaluation row: results/{model}/ba
 BASE_DATASET = "none"
 
 
+SCHEDULER_ONLY = ("runtime", "retry_runtime", "mem_mb", "constraint", "cpus_per_task")
+
+
 class ConfigError(ValueError):
     """A config that cannot run, with the key to fix in the message."""
 
@@ -409,6 +412,11 @@ def resolve_run(config: Mapping, run: Run) -> dict:
     grid leaves every other run's ``run.yaml`` (and so its rerun triggers) unchanged.
     """
     method = copy.deepcopy(config["methods"][run.method])
+    # Scheduler-only settings (time, memory, constraint, CPUs) do not change what is
+    # trained; leaving them out means raising a time limit does not retrain finished runs.
+    # The process layout does change the batch split, and stays (in `batch`).
+    for key in SCHEDULER_ONLY:
+        method.get("resources", {}).pop(key, None)
     dataset = copy.deepcopy(config["datasets"][run.dataset])
     model = copy.deepcopy(config["models"][run.model])
     batch = derive_batch(method)

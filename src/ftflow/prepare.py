@@ -215,11 +215,12 @@ def prepare(
         "key": key,
         "entry": str(entry),
         "raw": str(raw),
-        "reused": reused,
         **{k: meta[k] for k in ("n_raw", "n_records", "n_truncated", "n_tokens")},
     }
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, manifest)
-    return info
+    text = json.dumps(info, indent=2) + "\n"
+    if not (manifest.exists() and manifest.read_text() == text):  # unchanged: leave it be
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, manifest)
+    return info | {"reused": reused}
