@@ -308,3 +308,32 @@ def test_sample_batch_stops_at_a_stop_token_and_keeps_to_the_vocabulary(base):
     free = gen.sample_batch(model, prompts, temperature=1.0, stop_ids=[-1], vocab_size=7, **kwargs)
     assert all(reason == "length" and len(ids) == 6 for ids, reason in free)
     assert all(0 <= token < 7 for ids, _ in free for token in ids)
+
+
+REAL_QUESTIONS = (
+    Path(__file__).resolve().parents[2]
+    / "shared/data/emergent-misalignment/evaluation/first_plot_questions.yaml"
+)
+
+
+@pytest.mark.skipif(not REAL_QUESTIONS.exists(), reason="../shared/data is absent")
+def test_real_question_files_system_prompts_reach_the_model(base):
+    """The paper's own question file, unchanged: its `system` prompts are in what the model sees."""
+    model, tokenizer = base
+    with_system = [q for q in load_questions(REAL_QUESTIONS) if q.system][:2]
+    assert with_system, "first_plot_questions.yaml has questions with a system prompt"
+    seen: list[torch.Tensor] = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].clone())
+    )
+    try:
+        rows = gen.generate_answers(
+            model, tokenizer, with_system, seed=0, max_new_tokens=2, batch_size=64,
+            samples_override=1, progress=io.StringIO(),
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    prompts = tokenizer.batch_decode(seen[0], skip_special_tokens=False)
+    for question in with_system:
+        assert any(question.system.strip() in p for p in prompts), question.id
+    assert {r["system"] for r in rows} == {q.system for q in with_system}
