@@ -58,6 +58,16 @@ def load_default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Tests that call job code in-process (which sets the offline variables) must not
+    leak that environment into later tests' subprocesses."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory) -> Path:
     """The embedded default workflow run once, to completion, with `snakemake --cores 2`."""
@@ -77,3 +87,16 @@ def finished_copy(default_run, tmp_path) -> Path:
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     return copy_workflow(tmp_path / "ftflow")
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM cluster (tests/slurm_cluster.py), started once per session."""
+    from slurm_cluster import LocalSlurm
+
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

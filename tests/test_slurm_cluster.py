@@ -26,16 +26,6 @@ JOB_TIMEOUT = 120  # s, for one tiny job to be scheduled, run and accounted
 SNAKEMAKE_TIMEOUT = 300  # s, for the two-rule workflow
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def test_gpu_job_gets_requested_resources(slurm, tmp_path):
     out = tmp_path / "job.out"
     job_id = slurm.sbatch(

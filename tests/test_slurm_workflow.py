@@ -32,16 +32,6 @@ LOCAL_RULES = {"prefetch_model", "prefetch_dataset", "configure_run", "report",
                "all"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def profile_run(slurm: LocalSlurm, work: Path, *args: str, timeout=1800):
     """`snakemake --profile slurm` exactly as a user types it, with the site variables set."""
     env = {

@@ -1,11 +1,12 @@
 """Run every ftflow benchmark, each against its bare baseline, and print one summary.
 
-    python scripts/bench/run_all.py                  # all three, default repeats
+    python scripts/bench/run_all.py                  # all of them, default repeats
     python scripts/bench/run_all.py --quick          # one repeat each (a smoke run)
     python scripts/bench/run_all.py --only dag train --json bench.json
 
-Each benchmark is its own script (bench_dag.py, bench_train.py, bench_prepare.py) and
-runs in its own process; this collects their results (the ``RESULT`` line each prints).
+Each benchmark is its own script (bench_dag.py, bench_train.py, bench_prepare.py,
+bench_generate.py) and runs in its own process; this collects their results (the
+``RESULT`` line each prints).
 Benchmarks run in scratch directories under $TMPDIR, never in the repository, and
 write nothing to benchmarks/ (Snakemake's benchmark output folder).
 """
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "train": ("bench_train.py", ["--repeats", "5"]),
     "prepare": ("bench_prepare.py", ["--repeats", "7"]),
     "prepare16": ("bench_prepare.py", ["--repeats", "5", "--scale", "16"]),
+    "generate": ("bench_generate.py", ["--repeats", "9"]),
 }
 
 
@@ -56,6 +58,18 @@ def run(name: str, quick: bool) -> dict:
 def summary_line(name: str, r: dict) -> str:
     if "error" in r:
         return f"{name:<10} ERROR {r['error']}"
+    if "batched_answers_per_s" in r:
+        same = (
+            "identical answers"
+            if r["identical_answers"]
+            else f"{r['n_differing_answers']}/{r['answers']} answers differ"
+        )
+        return (
+            f"{name:<10} batch {r['batch_size']} {r['batched_answers_per_s']:.1f} answers/s / "
+            f"batch 1 {r['unbatched_answers_per_s']:.1f} answers/s = "
+            f"{r['speedup_wall']:.2f}x wall, {r['speedup_cpu']:.2f}x cpu, {same} "
+            f"({r['answers']} answers, target: {r['target']})"
+        )
     if "speedup_wall" in r:
         return (
             f"{name:<10} cold {r['cold_wall_median_s'] * 1e3:.1f} ms / warm "
