@@ -3,8 +3,8 @@
 Cold: an empty cache — validate, sample, tokenise with the chat template, write parquet.
 Warm: the same call again — it must find the entry by its key (sha256 of the raw file
 and of the tokenizer files, plus the settings) and do no work: no record is read, no
-tokenizer is loaded, the entry is not rewritten. In-process timings (imports paid
-before timing), medians over repeats.
+tokenizer is loaded, neither the entry nor the (unchanged) manifest is rewritten.
+In-process timings (imports paid before timing), medians over repeats.
 
     python scripts/bench/bench_prepare.py [--repeats 5] [--scale 1]    target: >= 50x
 """
@@ -32,8 +32,11 @@ def _timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def check_warm_does_no_work(prepare, raw, model_dir, cache_root, settings) -> None:
-    """Call prepare once more with the work paths instrumented; any call is a failure."""
+def check_warm_does_no_work(prepare, raw, model_dir, manifest, cache_root, settings) -> None:
+    """Call prepare once more with the work paths instrumented; any call is a failure.
+
+    The cache entry's files and the manifest (same inode, same mtime) must be left alone.
+    """
     import transformers
 
     from ftflow import records
@@ -49,18 +52,25 @@ def check_warm_does_no_work(prepare, raw, model_dir, cache_root, settings) -> No
 
         return wrapper
 
-    entries = {p: p.stat().st_mtime_ns for p in Path(cache_root).rglob("*")}
+    def stamps() -> dict:
+        paths = [*Path(cache_root).rglob("*"), Path(manifest)]
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+    entries = stamps()
     records.load_records = spy("load_records", records.load_records)
     transformers.AutoTokenizer.from_pretrained = spy("AutoTokenizer", saved[1])
     prepare._write_entry = spy("_write_entry", saved_write)
     try:
-        info = prepare.prepare(raw, model_dir, Path(cache_root) / "m.json", cache_root, settings)
+        info = prepare.prepare(raw, model_dir, manifest, cache_root, settings)
     finally:
         records.load_records, transformers.AutoTokenizer.from_pretrained = saved
         prepare._write_entry = saved_write
-    after = {p: p.stat().st_mtime_ns for p in Path(cache_root).rglob("*") if p in entries}
-    if calls or not info["reused"] or after != entries:
-        raise RuntimeError(f"the warm prepare did work: calls {calls}, reused {info['reused']}")
+    touched = sorted(str(p) for p, stamp in stamps().items() if entries.get(p) != stamp)
+    if calls or not info["reused"] or touched:
+        raise RuntimeError(
+            f"the warm prepare did work: calls {calls}, reused {info['reused']}, "
+            f"rewritten {touched}"
+        )
 
 
 def main(repeats: int = 5, scale: int = 1, json_out: Path | None = None) -> dict:
@@ -91,7 +101,9 @@ def main(repeats: int = 5, scale: int = 1, json_out: Path | None = None) -> dict
                 wall, cpu, info = _timed(call)
                 assert info["reused"]
                 warm.append((wall, cpu))
-        check_warm_does_no_work(prepare, raw, model_dir, root / "cache0", settings)
+        check_warm_does_no_work(
+            prepare, raw, model_dir, root / "manifest0.json", root / "cache0", settings
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -123,7 +135,7 @@ def main(repeats: int = 5, scale: int = 1, json_out: Path | None = None) -> dict
     )
     verdict = "met" if result["met"] else "MISSED"
     print(f"  speedup {result['speedup_wall']:.0f}x wall (target >= {TARGET:g}x: {verdict})")
-    print("  warm call: no record read, no tokenizer loaded, cache entry untouched")
+    print("  warm call: no record read, no tokenizer loaded, cache entry and manifest untouched")
     print(f"  load average during the run: {load_average()}", flush=True)
     report("prepare", result, json_out)
     return result

@@ -1,4 +1,4 @@
-"""Run every ftflow benchmark, each against its bare baseline, and print one summary.
+"""Run every ftflow benchmark, each against its baseline, and print one summary.
 
     python scripts/bench/run_all.py                  # all of them, default repeats
     python scripts/bench/run_all.py --quick          # one repeat each (a smoke run)
