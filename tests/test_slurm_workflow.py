@@ -2,8 +2,9 @@
 
 What is checked is read back from SLURM itself (sacct / scontrol), not from our own
 strings: one SLURM job per compute job and none for local rules, the exact GPUs, CPUs,
-memory and time a training job asked for, and a job killed at its time limit that is
-retried, resumes from its checkpoint and ends with the weights of an uninterrupted run.
+memory and time a training job asked for, a job killed at its time limit that is
+retried, and a running job requeued by SLURM (as preemption does); both resume from their
+checkpoint and end with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from safetensors.torch import load_file
 from slurm_cluster import LocalSlurm, available, parse_tres
 
 from ftflow import paths
+from ftflow.train import complete_checkpoints
 
 _OK, _WHY = available()
 if not _OK and os.environ.get("FTFLOW_REQUIRE_SLURM") == "1":
@@ -149,3 +154,66 @@ def test_time_limit_kill_retry_resume(slurm, tmp_path):
     b = load_file(straight / final / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     shutil.rmtree(straight)
+
+
+def _train_job_id(slurm: LocalSlurm, work: Path) -> str | None:
+    """The SLURM id of this workflow's running train job, if squeue lists one."""
+    out = slurm.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], timeout=30).stdout
+    for line in out.splitlines():
+        job_id, comment, workdir = line.split("|", 2)
+        if comment.startswith("rule_train") and Path(workdir).resolve() == work.resolve():
+            return job_id
+    return None
+
+
+def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
+    """A running training job requeued by SLURM (what preemption with PreemptMode=REQUEUE
+    does) starts again in the same SLURM job, resumes from its newest complete checkpoint
+    and ends with the weights of an uninterrupted run."""
+    steps = 800
+    config = _gpu_config(
+        max_steps=steps,
+        save_steps=100,
+        per_device_batch_size=8,
+        global_batch_size=8,
+        lr_scheduler="constant",
+        resources={"cpus_per_task": 1, "mem_mb": 2000, "runtime": 10},
+    )
+    work = copy_workflow(tmp_path / "slurm")
+    write_config(work, config)
+    env = {**slurm.env, "FTFLOW_SLURM_ACCOUNT": slurm.account,
+           "FTFLOW_SLURM_PARTITION": slurm.partition}  # fmt: skip
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm",
+           "--slurm-init-seconds-before-status-checks", "1"]  # fmt: skip
+    with subprocess.Popen(
+        cmd, cwd=work, env={**os.environ, **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    ) as proc:  # fmt: skip
+        checkpoints = work / paths.run_dir("tiny", "sft", "secure_code", 3) / "checkpoints"
+        deadline = time.monotonic() + 600
+        job_id = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            job_id = job_id or _train_job_id(slurm, work)
+            if job_id and checkpoints.is_dir() and complete_checkpoints(checkpoints):
+                break
+            time.sleep(0.2)
+        assert job_id and proc.poll() is None, "training ended before it could be requeued"
+        slurm.run(["scontrol", "requeue", job_id])
+        out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-6000:]
+
+    # One SLURM job id, two runs of it: sacct --duplicates shows the requeued run too.
+    runs = slurm.sacct_jobs([job_id], extra_args=["--duplicates"])
+    assert [r["State"].split()[0] for r in runs] == ["REQUEUED", "COMPLETED"], runs
+    assert len(_jobs(slurm, work, "train")) == 1  # not resubmitted by Snakemake
+    log = (work / paths.train_log("tiny", "sft", "secure_code", 3)).read_text()
+    resumed = re.search(r"resuming from checkpoint-(\d+) \(step (\d+)\)", log)
+    assert resumed and 0 < int(resumed.group(2)) < steps, log[-3000:]
+
+    straight = copy_workflow(tmp_path / "local")
+    write_config(straight, config)
+    snakemake(straight, "--cores", "1")
+    final = paths.final_dir("tiny", "sft", "secure_code", 3)
+    a = load_file(work / final / "model.safetensors")
+    b = load_file(straight / final / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
