@@ -16,6 +16,7 @@ from conftest import copy_workflow, load_default_config, snakemake, write_config
 from safetensors.torch import load_file
 
 from ftflow import paths, train
+from ftflow.checkpoints import complete_checkpoints, step
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +53,19 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-@pytest.fixture(scope="module")
-def long_sft(tmp_path_factory) -> Path:
-    """A workdir whose only run trains 48 steps, checkpointing every 8."""
-    work = copy_workflow(tmp_path_factory.mktemp("long") / "ftflow")
+def _long_sft_config(**overrides) -> dict:
+    """One run of 48 steps, checkpointing every 8."""
     config = _one_run_config("sft", "secure_code", max_steps=48, save_steps=8, epochs=1)
     config["methods"]["sft"]["per_device_batch_size"] = 1  # slower steps: time to kill
-    write_config(work, config)
+    config["methods"]["sft"].update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def long_sft(tmp_path_factory) -> Path:
+    """A workdir ready to train the run of :func:`_long_sft_config`."""
+    work = copy_workflow(tmp_path_factory.mktemp("long") / "ftflow")
+    write_config(work, _long_sft_config())
     target = str(paths.run_config("tiny", "sft", "secure_code", 7))
     snakemake(work, target, "--cores", "2")
     snakemake(work, str(paths.prepared("tiny", "secure_code")), "--cores", "2")
@@ -77,23 +84,24 @@ def _train(work: Path) -> subprocess.CompletedProcess:
 
 
 def test_same_seed_gives_same_weights(long_sft: Path, tmp_path: Path):
-    copies = []
-    for name in ("a", "b"):
-        work = tmp_path / name
-        shutil.copytree(long_sft, work)
+    """Trained twice, the second time from scratch (a finished training is never
+    resumed: that is what `--forcerun` asks for), the weights are bit-identical."""
+    work = tmp_path / "twice"
+    shutil.copytree(long_sft, work)
+    final = work / paths.final_dir("tiny", "sft", "secure_code", 7)
+    weights = []
+    for _ in range(2):
         proc = _train(work)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        copies.append(_weights(work / paths.final_dir("tiny", "sft", "secure_code", 7)))
-    assert _same(*copies)
+        weights.append(_weights(final))
+    assert "the previous training of this run finished" in proc.stdout, proc.stdout
+    assert "starting from scratch" in proc.stdout and "resuming" not in proc.stdout
+    assert _same(*weights)
 
 
-def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Path):
-    straight = tmp_path / "straight"
-    shutil.copytree(long_sft, straight)
-    assert _train(straight).returncode == 0
-
-    work = tmp_path / "killed"
-    shutil.copytree(long_sft, work)
+def _kill_mid_run(work: Path, after_step: int = 16) -> int:
+    """Start the run through Snakemake, SIGKILL it all once a checkpoint at or after
+    ``after_step`` is complete; return the newest complete checkpoint's step."""
     final = paths.final_dir("tiny", "sft", "secure_code", 7)
     checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 7)
     proc = subprocess.Popen(
@@ -105,17 +113,29 @@ def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Pat
     )
     deadline = time.time() + 300
     while time.time() < deadline:
-        done = train.complete_checkpoints(checkpoints)
-        if done and train._step(done[-1]) >= 16:
+        done = complete_checkpoints(checkpoints)
+        if done and step(done[-1]) >= after_step:
             break
         assert proc.poll() is None, "training finished before it could be killed"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job: snakemake and the trainer
     proc.wait()
-    killed_at = train._step(train.complete_checkpoints(checkpoints)[-1])
-    assert killed_at < 48 and not (work / final).exists()
-
+    assert not (work / final).exists()
     snakemake(work, "--unlock")  # a killed snakemake leaves its lock, as after a power loss
+    return step(complete_checkpoints(checkpoints)[-1])
+
+
+def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Path):
+    straight = tmp_path / "straight"
+    shutil.copytree(long_sft, straight)
+    assert _train(straight).returncode == 0
+
+    work = tmp_path / "killed"
+    shutil.copytree(long_sft, work)
+    final = paths.final_dir("tiny", "sft", "secure_code", 7)
+    killed_at = _kill_mid_run(work)
+    assert killed_at < 48
+
     snakemake(work, str(final), "--cores", "1", "--rerun-incomplete")
     log = (work / paths.train_log("tiny", "sft", "secure_code", 7)).read_text()
     resumed = int(log.split("resuming from checkpoint-")[1].split()[0])
@@ -128,6 +148,28 @@ def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Pat
         .splitlines()
     ]
     assert steps == list(range(1, 49)), "metrics must hold each step exactly once"
+
+
+def test_checkpoints_of_another_config_are_never_resumed(long_sft: Path, tmp_path: Path):
+    """Killed mid-run, then the learning rate is changed: the rerun must not resume from
+    checkpoints trained at the old rate, and ends as an uninterrupted run at the new one."""
+    final = paths.final_dir("tiny", "sft", "secure_code", 7)
+    changed = _long_sft_config(learning_rate=0.001)
+
+    work = tmp_path / "killed"
+    shutil.copytree(long_sft, work)
+    _kill_mid_run(work, after_step=8)
+    write_config(work, changed)
+    snakemake(work, str(final), "--cores", "1", "--rerun-incomplete")
+    log = (work / paths.train_log("tiny", "sft", "secure_code", 7)).read_text()
+    assert "they were made from another config" in log, log[-3000:]
+    assert "resuming" not in log
+
+    straight = tmp_path / "straight"
+    shutil.copytree(long_sft, straight)
+    write_config(straight, changed)
+    snakemake(straight, str(final), "--cores", "1")
+    assert _same(_weights(work / final), _weights(straight / final))
 
 
 def test_nan_loss_stops_training(long_sft: Path, tmp_path: Path):

@@ -11,7 +11,8 @@ Contract, the same for every backend:
   dataset manifest; runs offline;
 - writes resumable state under ``checkpoints/`` (not a Snakemake output, so it
   survives a failed or killed attempt) and resumes from the newest *complete*
-  checkpoint — one whose ``.complete`` marker was written after the trainer saved it;
+  checkpoint — one whose ``.complete`` marker was written after the trainer saved it —
+  but only from checkpoints made for exactly this run (:mod:`ftflow.checkpoints`);
 - writes ``metrics.jsonl`` (one line per logged step, the same keys for every
   method) and ``final/`` (full weights, or the adapter for LoRA) only at the end,
   atomically, with no absolute paths inside;
@@ -26,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -35,9 +35,19 @@ from pathlib import Path
 import yaml
 
 from ftflow import offline, paths
+from ftflow.checkpoints import (
+    COMPLETE_MARKER,
+    METRICS_PARTIAL,
+    StaleCheckpointsError,
+    check_claimed,
+    claim,
+    complete_checkpoints,
+    discard_incomplete,
+    mark_finished,
+    step,
+    truncate_metrics,
+)
 
-COMPLETE_MARKER = ".complete"
-METRICS_PARTIAL = "metrics.partial.jsonl"
 BASE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second")
 DPO_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
@@ -48,45 +58,6 @@ class NonFiniteLossError(RuntimeError):
 
 def metric_keys(kind: str) -> tuple[str, ...]:
     return BASE_KEYS + (DPO_KEYS if kind == "dpo" else ())
-
-
-# ---------------------------------------------------------------------- checkpoints
-
-
-def _step(checkpoint: Path) -> int:
-    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
-    return int(match.group(1)) if match else -1
-
-
-def complete_checkpoints(checkpoints: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not checkpoints.is_dir():
-        return []
-    found = [p for p in checkpoints.iterdir() if _step(p) >= 0 and (p / COMPLETE_MARKER).exists()]
-    return sorted(found, key=_step)
-
-
-def discard_incomplete(checkpoints: Path) -> list[Path]:
-    """Remove checkpoints a killed attempt left half-written; return what went."""
-    removed = []
-    if checkpoints.is_dir():
-        for p in checkpoints.iterdir():
-            if _step(p) >= 0 and not (p / COMPLETE_MARKER).exists():
-                shutil.rmtree(p)
-                removed.append(p)
-    return removed
-
-
-def truncate_metrics(partial: Path, step: int) -> None:
-    """Keep metric lines up to ``step``: a resumed run logs the later steps again."""
-    if not partial.exists():
-        return
-    kept = [
-        line
-        for line in partial.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    partial.write_text("".join(line + "\n" for line in kept))
 
 
 # ------------------------------------------------------------------------ callbacks
@@ -312,10 +283,13 @@ def main(run_config: Path) -> Path:
         offline.require_prefetched(parent, "parent SFT model", str(parent))
 
     checkpoints = run_dir / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        print(f"[ftflow] {claim(run_config)}", flush=True)
+    else:  # the train rule claimed them before starting the processes
+        check_claimed(run_config)
     print(
-        f"[ftflow] rank {rank} of {os.environ.get('WORLD_SIZE', '1')}, "
+        f"[ftflow] rank {rank} of {world_size}, "
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
         f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', 'none')}",
         flush=True,
@@ -329,9 +303,9 @@ def main(run_config: Path) -> Path:
             print(f"[ftflow] discarded incomplete checkpoint {gone.name}", flush=True)
     if complete:
         resume = complete[-1]
-        print(f"[ftflow] resuming from {resume.name} (step {_step(resume)})", flush=True)
+        print(f"[ftflow] resuming from {resume.name} (step {step(resume)})", flush=True)
         if rank == 0:
-            truncate_metrics(checkpoints / METRICS_PARTIAL, _step(resume))
+            truncate_metrics(checkpoints / METRICS_PARTIAL, step(resume))
     elif rank == 0:
         (checkpoints / METRICS_PARTIAL).unlink(missing_ok=True)
         print("[ftflow] starting from scratch", flush=True)
@@ -351,6 +325,7 @@ def main(run_config: Path) -> Path:
         tmp = run_dir / "metrics.jsonl.tmp"
         shutil.copyfile(partial, tmp)
         os.replace(tmp, run_dir / "metrics.jsonl")
+        mark_finished(checkpoints)
         print(f"[ftflow] wrote {final} after {trainer.state.global_step} steps", flush=True)
     return final
 
@@ -362,7 +337,7 @@ def cli(argv: list[str] | None = None) -> int:
     offline.apply_offline(paths.RESOURCES)
     try:
         main(args.run_config)
-    except (NonFiniteLossError, offline.NotPrefetchedError) as error:
+    except (NonFiniteLossError, StaleCheckpointsError, offline.NotPrefetchedError) as error:
         print(f"[ftflow] error: {error}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -48,6 +48,9 @@ rule train:
     params:
         launcher=get_launcher,
     shell:
+        # Claimed once, before any training process starts: checkpoints made under
+        # another config, data or parent (or by a finished training) are discarded.
+        "python -m ftflow.checkpoints {input.run_config} >> {log} 2>&1 && "
         "export OMP_NUM_THREADS={threads} && "
         "{params.launcher} "
         "{input.run_config} "

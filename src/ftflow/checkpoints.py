@@ -1,0 +1,187 @@
+"""A run's resumable training state, and when it may be resumed.
+
+``checkpoints/`` is deliberately not a Snakemake output: it survives a failed, killed,
+timed-out or requeued attempt, and the next attempt resumes from the newest *complete*
+checkpoint (one whose ``.complete`` marker was written after the trainer saved it).
+
+Surviving is also a danger: checkpoints made under another config, other data or
+another parent model must never be resumed. Before training starts, :func:`claim`
+compares the run's fingerprint — its resolved config (less the settings that only say
+how often to checkpoint), the tokenised-cache key of its data and, for DPO, the
+parent's metrics — with the one stored beside the checkpoints, and starts the run
+afresh when they differ. A run whose training finished (``.finished``) is never
+resumed either: Snakemake only trains it again when asked to (``--forcerun``, or a
+changed input), and then it trains from scratch.
+
+Usage (the ``train`` rule runs it once per job, before the launcher starts any process)::
+
+    python -m ftflow.checkpoints results/<model>/<method>/<dataset>/seed<seed>/run.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ftflow import paths
+
+COMPLETE_MARKER = ".complete"
+FINISHED_MARKER = ".finished"
+FINGERPRINT = "fingerprint.json"
+METRICS_PARTIAL = "metrics.partial.jsonl"
+
+# How often to checkpoint changes no weight: changing it must not throw progress away.
+CHECKPOINTING_ONLY = ("save_steps", "save_total_limit")
+
+
+class StaleCheckpointsError(RuntimeError):
+    """The checkpoints belong to another config, other data or another parent model."""
+
+
+def step(checkpoint: Path) -> int:
+    """The step of ``checkpoint-N``; -1 for anything else."""
+    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
+    return int(match.group(1)) if match else -1
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.iterdir() if step(p) >= 0 and (p / COMPLETE_MARKER).exists()]
+    return sorted(found, key=step)
+
+
+def discard_incomplete(checkpoints: Path) -> list[Path]:
+    """Remove checkpoints a killed attempt left half-written; return what went."""
+    removed = []
+    if checkpoints.is_dir():
+        for p in checkpoints.iterdir():
+            if step(p) >= 0 and not (p / COMPLETE_MARKER).exists():
+                shutil.rmtree(p)
+                removed.append(p)
+    return removed
+
+
+def truncate_metrics(partial: Path, last_step: int) -> None:
+    """Keep metric lines up to ``last_step``: a resumed run logs the later steps again."""
+    if not partial.exists():
+        return
+    kept = [
+        line
+        for line in partial.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= last_step
+    ]
+    partial.write_text("".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------------- fingerprint
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(cfg: dict) -> dict[str, str | None]:
+    """What the checkpoints of the run ``cfg`` (its run.yaml) were trained from.
+
+    Paths are relative to the workflow root (the working directory), like every path
+    in ftflow. ``data`` is the tokenised cache's key, which already covers the raw
+    data's content and every setting that changes tokens.
+    """
+    method = {k: v for k, v in cfg["method"].items() if k not in CHECKPOINTING_ONLY}
+    trained_from = {**cfg, "method": method}
+    run = cfg["run"]
+    manifest = json.loads(paths.prepared(run["model"], run["dataset"]).read_text())
+    parent = None
+    if "parent" in cfg:
+        p = cfg["parent"]
+        metrics = paths.metrics_file(p["model"], p["method"], p["dataset"], p["seed"])
+        parent = _sha256(metrics.read_bytes())
+    return {
+        "config": _sha256(json.dumps(trained_from, sort_keys=True).encode()),
+        "data": manifest["key"],
+        "parent": parent,
+    }
+
+
+def _stored(checkpoints: Path) -> dict | None:
+    try:
+        return json.loads((checkpoints / FINGERPRINT).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _why_stale(checkpoints: Path, current: dict) -> str | None:
+    """Why the state in ``checkpoints`` must not be resumed; None when it may be."""
+    if (checkpoints / FINISHED_MARKER).exists():
+        return "the previous training of this run finished"
+    stored = _stored(checkpoints)
+    if stored is None:
+        return f"they have no readable {FINGERPRINT}"
+    named = {"config": "config", "data": "tokenised data", "parent": "parent model"}
+    changed = [named[k] for k in named if stored.get(k) != current[k]]
+    return f"they were made from another {' and '.join(changed)}" if changed else None
+
+
+def claim(run_config: Path) -> str:
+    """Make ``checkpoints/`` safe to resume for the run ``run_config``; say what was done.
+
+    Keeps checkpoints whose fingerprint matches; otherwise empties the folder (this run's
+    own, nothing else) and records the current fingerprint. Call it from one process,
+    before any training process starts.
+    """
+    cfg = yaml.safe_load(Path(run_config).read_text())
+    checkpoints = Path(run_config).parent / "checkpoints"
+    current = fingerprint(cfg)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    why = _why_stale(checkpoints, current) if any(checkpoints.iterdir()) else None
+    if why is None and _stored(checkpoints) == current:
+        complete = complete_checkpoints(checkpoints)
+        if complete:
+            return f"{complete[-1]} matches this run's config and data: training resumes"
+        return f"{checkpoints} matches this run but holds no complete checkpoint yet"
+    if why is not None:
+        shutil.rmtree(checkpoints)
+        checkpoints.mkdir()
+    tmp = checkpoints / f"{FINGERPRINT}.tmp"
+    tmp.write_text(json.dumps(current, indent=2) + "\n")
+    os.replace(tmp, checkpoints / FINGERPRINT)
+    if why is None:
+        return f"new checkpoints folder {checkpoints}"
+    return f"discarded the checkpoints in {checkpoints}: {why}"
+
+
+def check_claimed(run_config: Path) -> None:
+    """Raise :class:`StaleCheckpointsError` unless ``claim`` has approved the checkpoints."""
+    cfg = yaml.safe_load(Path(run_config).read_text())
+    checkpoints = Path(run_config).parent / "checkpoints"
+    if _stored(checkpoints) != fingerprint(cfg) or (checkpoints / FINISHED_MARKER).exists():
+        raise StaleCheckpointsError(
+            f"{checkpoints} has not been claimed for this run; run "
+            f"`python -m ftflow.checkpoints {run_config}` once before starting the processes"
+        )
+
+
+def mark_finished(checkpoints: Path) -> None:
+    """Training and export are done: these checkpoints are never resumed again."""
+    (checkpoints / FINISHED_MARKER).write_text("training finished; final/ was written\n")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Claim a run's checkpoints before training.")
+    parser.add_argument("run_config", type=Path, help="the run's run.yaml")
+    args = parser.parse_args(argv)
+    print(f"[ftflow] {claim(args.run_config)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
