@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,21 +37,21 @@ LOCAL_RULES = {"prefetch_model", "prefetch_dataset", "configure_run", "report",
                "all"}  # fmt: skip
 
 
-def profile_run(slurm: LocalSlurm, work: Path, *args: str, timeout=1800):
-    """`snakemake --profile slurm` exactly as a user types it, with the site variables set."""
-    env = {
+PROFILE = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1")
+
+
+def profile_env(slurm: LocalSlurm) -> dict:
+    """The site variables a user sets once for the profile."""
+    return {
         **slurm.env,
         "FTFLOW_SLURM_ACCOUNT": slurm.account,
         "FTFLOW_SLURM_PARTITION": slurm.partition,
     }
-    return snakemake(
-        work,
-        "--profile", "slurm",
-        "--slurm-init-seconds-before-status-checks", "1",
-        *args,
-        env=env,
-        timeout=timeout,
-    )  # fmt: skip
+
+
+def profile_run(slurm: LocalSlurm, work: Path, *args: str, timeout=1800):
+    """`snakemake --profile slurm` exactly as a user types it, with the site variables set."""
+    return snakemake(work, *PROFILE, *args, env=profile_env(slurm), timeout=timeout)
 
 
 def _rule(row: dict) -> str:
@@ -108,16 +108,34 @@ def _resumed_step(work: Path) -> int:
     return int(resumed.group(2)) if resumed else 0
 
 
-def _assert_same_weights_as_uninterrupted(work: Path, config: dict, tmp_path: Path) -> None:
-    """Train the same config locally without interruption; the final weights must match."""
-    straight = copy_workflow(tmp_path / "local")
-    write_config(straight, config)
-    snakemake(straight, "--cores", "1")
-    final = paths.final_dir("tiny", "sft", "secure_code", 3)
-    a = load_file(work / final / "model.safetensors")
-    b = load_file(straight / final / "model.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    shutil.rmtree(straight)
+class Uninterrupted:
+    """The same run trained locally without interruption, started in the background: it
+    takes one of the two cores while the SLURM job trains on the other."""
+
+    def __init__(self, config: dict, tmp_path: Path):
+        self.work = copy_workflow(tmp_path / "local")
+        write_config(self.work, config)
+        self.log = tmp_path / "local.log"
+
+    def __enter__(self) -> Uninterrupted:
+        with open(self.log, "w") as out:
+            cmd = [sys.executable, "-m", "snakemake", "--cores", "1"]
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.work, stdout=out, stderr=out, start_new_session=True
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:  # the test failed early: stop snakemake and its job
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def assert_same_weights(self, work: Path) -> None:
+        assert self.proc.wait(timeout=900) == 0, self.log.read_text()[-4000:]
+        final = paths.final_dir("tiny", "sft", "secure_code", 3)
+        a = load_file(work / final / "model.safetensors")
+        b = load_file(self.work / final / "model.safetensors")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
 def test_gpu_training_job_asks_exactly_what_its_config_says(slurm, tmp_path):
@@ -155,15 +173,15 @@ def test_time_limit_kill_retry_resume(slurm, tmp_path):
     )
     work = copy_workflow(tmp_path / "slurm")
     write_config(work, config)
-    profile_run(slurm, work)
+    with Uninterrupted(config, tmp_path) as straight:
+        profile_run(slurm, work)
 
-    rows = _jobs(slurm, work, "train")
-    states = [r["State"].split()[0] for r in rows]
-    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", rows
-    assert rows[0]["Timelimit"] == "00:01:00" and rows[-1]["Timelimit"] == "00:10:00"
-    assert 0 < _resumed_step(work) < steps
-
-    _assert_same_weights_as_uninterrupted(work, config, tmp_path)
+        rows = _jobs(slurm, work, "train")
+        states = [r["State"].split()[0] for r in rows]
+        assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", rows
+        assert rows[0]["Timelimit"] == "00:01:00" and rows[-1]["Timelimit"] == "00:10:00"
+        assert 0 < _resumed_step(work) < steps
+        straight.assert_same_weights(work)
 
 
 def _train_job_id(slurm: LocalSlurm, work: Path) -> str | None:
@@ -191,31 +209,32 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     )
     work = copy_workflow(tmp_path / "slurm")
     write_config(work, config)
-    env = {**slurm.env, "FTFLOW_SLURM_ACCOUNT": slurm.account,
-           "FTFLOW_SLURM_PARTITION": slurm.partition}  # fmt: skip
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm",
-           "--slurm-init-seconds-before-status-checks", "1"]  # fmt: skip
-    with subprocess.Popen(
-        cmd, cwd=work, env={**os.environ, **env}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    ) as proc:  # fmt: skip
-        checkpoints = work / paths.run_dir("tiny", "sft", "secure_code", 3) / "checkpoints"
-        deadline = time.monotonic() + 600
-        job_id = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            job_id = job_id or _train_job_id(slurm, work)
-            if job_id and checkpoints.is_dir() and complete_checkpoints(checkpoints):
-                break
-            time.sleep(0.2)
-        assert job_id and proc.poll() is None, "training ended before it could be requeued"
-        slurm.run(["scontrol", "requeue", job_id])
-        out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-6000:]
+    checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 3)
+    log = tmp_path / "snakemake.log"
+    with Uninterrupted(config, tmp_path) as straight, open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", *PROFILE],
+            cwd=work, env={**os.environ, **profile_env(slurm)}, stdout=out, stderr=out,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            job_id = None
+            while time.monotonic() < deadline and proc.poll() is None:
+                job_id = job_id or _train_job_id(slurm, work)
+                if job_id and complete_checkpoints(checkpoints):
+                    break
+                time.sleep(0.2)
+            assert job_id and proc.poll() is None, "training ended before it was requeued"
+            slurm.run(["scontrol", "requeue", job_id])
+            assert proc.wait(timeout=900) == 0, log.read_text()[-6000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
-    # One SLURM job id, two runs of it: sacct --duplicates shows the requeued run too.
-    runs = slurm.sacct_jobs([job_id], extra_args=["--duplicates"])
-    assert [r["State"].split()[0] for r in runs] == ["REQUEUED", "COMPLETED"], runs
-    assert len(_jobs(slurm, work, "train")) == 1  # not resubmitted by Snakemake
-    assert 0 < _resumed_step(work) < steps
-
-    _assert_same_weights_as_uninterrupted(work, config, tmp_path)
+        # One SLURM job id, two runs of it: sacct --duplicates lists the requeued run too.
+        runs = slurm.sacct_jobs([job_id], extra_args=["--duplicates"])
+        assert [r["State"].split()[0] for r in runs] == ["REQUEUED", "COMPLETED"], runs
+        assert len(_jobs(slurm, work, "train")) == 1  # not resubmitted by Snakemake
+        assert 0 < _resumed_step(work) < steps
+        straight.assert_same_weights(work)
