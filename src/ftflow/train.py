@@ -284,10 +284,12 @@ def main(run_config: Path) -> Path:
 
     checkpoints = run_dir / "checkpoints"
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        print(f"[ftflow] {claim(run_config)}", flush=True)
-    else:  # the train rule claimed them before starting the processes
-        check_claimed(run_config)
+    try:
+        check_claimed(run_config)  # the train rule claims them before starting processes
+    except StaleCheckpointsError:
+        if world_size > 1:
+            raise
+        print(f"[ftflow] {claim(run_config)}", flush=True)  # started by hand: claim here
     print(
         f"[ftflow] rank {rank} of {world_size}, "
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
