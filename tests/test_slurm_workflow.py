@@ -101,6 +101,18 @@ def _gpu_config(**sft) -> dict:
     return config
 
 
+def _resumable_config(steps: int, save_steps: int, **runtime) -> dict:
+    """A run long enough to be interrupted, on one CPU, with a constant learning rate."""
+    return _gpu_config(
+        max_steps=steps,
+        save_steps=save_steps,
+        per_device_batch_size=8,
+        global_batch_size=8,
+        lr_scheduler="constant",
+        resources={"cpus_per_task": 1, "mem_mb": 2000, **runtime},
+    )
+
+
 def _resumed_step(work: Path) -> int:
     """The step the training log says it resumed from (0 when it started from scratch)."""
     log = (work / paths.train_log("tiny", "sft", "secure_code", 3)).read_text()
@@ -163,14 +175,7 @@ def test_gpu_training_job_asks_exactly_what_its_config_says(slurm, tmp_path):
 def test_time_limit_kill_retry_resume(slurm, tmp_path):
     """1-minute limit, ~2 minutes of training: TIMEOUT, retried, resumed, same weights."""
     steps = 2400
-    config = _gpu_config(
-        max_steps=steps,
-        save_steps=200,
-        per_device_batch_size=8,
-        global_batch_size=8,
-        lr_scheduler="constant",
-        resources={"cpus_per_task": 1, "mem_mb": 2000, "runtime": 1, "retry_runtime": 10},
-    )
+    config = _resumable_config(steps, save_steps=200, runtime=1, retry_runtime=10)
     work = copy_workflow(tmp_path / "slurm")
     write_config(work, config)
     with Uninterrupted(config, tmp_path) as straight:
@@ -199,14 +204,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     does) starts again in the same SLURM job, resumes from its newest complete checkpoint
     and ends with the weights of an uninterrupted run."""
     steps = 800
-    config = _gpu_config(
-        max_steps=steps,
-        save_steps=100,
-        per_device_batch_size=8,
-        global_batch_size=8,
-        lr_scheduler="constant",
-        resources={"cpus_per_task": 1, "mem_mb": 2000, "runtime": 10},
-    )
+    config = _resumable_config(steps, save_steps=100, runtime=10)
     work = copy_workflow(tmp_path / "slurm")
     write_config(work, config)
     checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 3)

@@ -131,6 +131,12 @@ def _why_stale(checkpoints: Path, current: dict) -> str | None:
     return f"they were made from another {' and '.join(changed)}" if changed else None
 
 
+def _run_state(run_config: Path) -> tuple[Path, dict]:
+    """The run's checkpoints folder and its current fingerprint."""
+    cfg = yaml.safe_load(Path(run_config).read_text())
+    return Path(run_config).parent / "checkpoints", fingerprint(cfg)
+
+
 def claim(run_config: Path) -> str:
     """Make ``checkpoints/`` safe to resume for the run ``run_config``; say what was done.
 
@@ -138,12 +144,11 @@ def claim(run_config: Path) -> str:
     own, nothing else) and records the current fingerprint. Call it from one process,
     before any training process starts.
     """
-    cfg = yaml.safe_load(Path(run_config).read_text())
-    checkpoints = Path(run_config).parent / "checkpoints"
-    current = fingerprint(cfg)
+    checkpoints, current = _run_state(run_config)
     checkpoints.mkdir(parents=True, exist_ok=True)
-    why = _why_stale(checkpoints, current) if any(checkpoints.iterdir()) else None
-    if why is None and _stored(checkpoints) == current:
+    fresh = not any(checkpoints.iterdir())
+    why = None if fresh else _why_stale(checkpoints, current)
+    if not fresh and why is None:
         complete = complete_checkpoints(checkpoints)
         if complete:
             return f"{complete[-1]} matches this run's config and data: training resumes"
@@ -161,11 +166,11 @@ def claim(run_config: Path) -> str:
 
 def check_claimed(run_config: Path) -> None:
     """Raise :class:`StaleCheckpointsError` unless ``claim`` has approved the checkpoints."""
-    cfg = yaml.safe_load(Path(run_config).read_text())
-    checkpoints = Path(run_config).parent / "checkpoints"
-    if _stored(checkpoints) != fingerprint(cfg) or (checkpoints / FINISHED_MARKER).exists():
+    checkpoints, current = _run_state(run_config)
+    why = _why_stale(checkpoints, current)
+    if why is not None:
         raise StaleCheckpointsError(
-            f"{checkpoints} has not been claimed for this run; run "
+            f"{checkpoints} has not been claimed for this run ({why}); run "
             f"`python -m ftflow.checkpoints {run_config}` once before starting the processes"
         )
 
