@@ -28,6 +28,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ftflow.paths import Run  # noqa: F401  (re-exported: config.Run)
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # The schema ships inside the repository; an installed copy of the package finds it
 # through FTFLOW_ROOT or the working directory instead.
@@ -40,28 +42,6 @@ SCHEDULER_ONLY = ("runtime", "retry_runtime", "mem_mb", "constraint", "cpus_per_
 
 class ConfigError(ValueError):
     """A config that cannot run, with the key to fix in the message."""
-
-
-@dataclass(frozen=True, order=True)
-class Run:
-    """One cell of the grid: its identity is its run directory."""
-
-    model: str
-    method: str
-    dataset: str
-    seed: int
-
-    @property
-    def wildcards(self) -> dict[str, str]:
-        return {
-            "model": self.model,
-            "method": self.method,
-            "dataset": self.dataset,
-            "seed": str(self.seed),
-        }
-
-    def __str__(self) -> str:
-        return f"{self.model}/{self.method}/{self.dataset}/seed{self.seed}"
 
 
 # --------------------------------------------------------------------------- schema

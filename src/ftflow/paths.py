@@ -12,12 +12,17 @@ Layout::
     resources/prepared/{model}/{dataset}.json  manifest: which cache entry this pair uses
     resources/cache/tokenized/{key}/           content-addressed tokenised datasets
     results/{model}/{method}/{dataset}/seed{seed}/
-        run.yaml  checkpoints/  final/  metrics.jsonl  eval/{evaluation}/
+        run.yaml  checkpoints/  final/  metrics.jsonl  sanity/{stage}/  eval/{evaluation}/
     logs/…, benchmarks/…                       mirror the same wildcards
+
+A run's identity is :class:`Run`; :class:`RunPaths` gives every path of one run, and
+:func:`parse_run` reads the run back from any path inside its directory (or its log).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path("results")
@@ -54,6 +59,94 @@ REPORT_EVAL_FIGURE = f"{REPORT_EVAL}/misaligned_by_question.png"
 REPORT_LM_EVAL_TABLE = f"{REPORT_EVAL}/lm_eval.csv"
 
 
+@dataclass(frozen=True, order=True)
+class Run:
+    """One cell of the grid: its identity is its run directory."""
+
+    model: str
+    method: str
+    dataset: str
+    seed: int
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return {
+            "model": self.model,
+            "method": self.method,
+            "dataset": self.dataset,
+            "seed": str(self.seed),
+        }
+
+    def __str__(self) -> str:
+        return RUN.format(**self.wildcards)
+
+
+_RUN_RE = re.compile(r"(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<dataset>[^/]+)/seed(?P<seed>\d+)")
+
+
+def parse_run(path: str | Path) -> Run:
+    """The run a path belongs to: ``results/<run>/…``, ``logs/<rule>/<run>….log``.
+
+    Raises ``ValueError`` naming the path when it lies inside no run directory.
+    """
+    parts = Path(path).as_posix().split("/")
+    for root, offset in ((str(RESULTS), 1), (str(LOGS), 2), (str(BENCHMARKS), 2)):
+        if root in parts:
+            start = parts.index(root) + offset
+            candidate = "/".join(parts[start : start + 4])
+            candidate = re.sub(r"\.(log|tsv)$", "", candidate)
+            match = _RUN_RE.fullmatch(candidate)
+            if match:
+                v = match.groupdict()
+                return Run(v["model"], v["method"], v["dataset"], int(v["seed"]))
+    raise ValueError(
+        f"{path}: not inside a run directory (results/{{model}}/{{method}}/{{dataset}}/seed{{n}})"
+    )
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of one run, relative to the workflow root."""
+
+    run: Run
+
+    @classmethod
+    def of(cls, model: str, method: str, dataset: str, seed: int) -> RunPaths:
+        return cls(Run(model, method, dataset, int(seed)))
+
+    @property
+    def root(self) -> Path:
+        return RESULTS / str(self.run)
+
+    @property
+    def run_config(self) -> Path:
+        return self.root / "run.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def sanity(self, stage: str) -> Path:
+        return self.root / "sanity" / stage
+
+    def eval_dir(self, evaluation: str) -> Path:
+        return self.root / "eval" / evaluation
+
+    def log(self, rule: str = "train", *extra: str) -> Path:
+        return Path(log(rule, str(self.run), *extra))
+
+    def benchmark(self, rule: str = "train", *extra: str) -> Path:
+        return Path(benchmark(rule, str(self.run), *extra))
+
+
 def log(rule: str, *parts: str) -> str:
     """``logs/<rule>/<parts…>.log`` — the log mirrors the output's wildcards."""
     return str(Path(LOGS, rule, *parts)) + ".log"
@@ -68,27 +161,27 @@ def _fmt(pattern: str, **values: object) -> Path:
 
 
 def run_dir(model: str, method: str, dataset: str, seed: int) -> Path:
-    return _fmt(RUN_DIR, model=model, method=method, dataset=dataset, seed=seed)
+    return RunPaths.of(model, method, dataset, seed).root
 
 
 def run_config(model: str, method: str, dataset: str, seed: int) -> Path:
-    return run_dir(model, method, dataset, seed) / "run.yaml"
+    return RunPaths.of(model, method, dataset, seed).run_config
 
 
 def final_dir(model: str, method: str, dataset: str, seed: int) -> Path:
-    return run_dir(model, method, dataset, seed) / "final"
+    return RunPaths.of(model, method, dataset, seed).final
 
 
 def metrics_file(model: str, method: str, dataset: str, seed: int) -> Path:
-    return run_dir(model, method, dataset, seed) / "metrics.jsonl"
+    return RunPaths.of(model, method, dataset, seed).metrics
 
 
 def checkpoints_dir(model: str, method: str, dataset: str, seed: int) -> Path:
-    return run_dir(model, method, dataset, seed) / "checkpoints"
+    return RunPaths.of(model, method, dataset, seed).checkpoints
 
 
 def train_log(model: str, method: str, dataset: str, seed: int) -> Path:
-    return Path(log("train", _fmt(RUN, model=model, method=method, dataset=dataset, seed=seed)))
+    return RunPaths.of(model, method, dataset, seed).log("train")
 
 
 def model_dir(model: str) -> Path:
