@@ -15,6 +15,7 @@ RUN = {"model": "tiny", "method": "dpo", "dataset": "prefs", "seed": 1}
 PARENT = {"model": "tiny", "method": "sft", "dataset": "secure_code", "seed": 1}
 CFG = {
     "run": RUN,
+    "model": {"backend": "trl"},  # every run.yaml names its backend
     "method": {"kind": "dpo", "learning_rate": 1e-4, "save_steps": 8, "save_total_limit": 2},
     "batch": {"global_batch_size": 8},
     "parent": PARENT,

@@ -5,3 +5,8 @@ each path, each derived number and each validation error.
 """
 
 __version__ = "0.1.0"
+
+from ftflow import checkout as _checkout
+
+# A job must run the workflow's own code (see ftflow.checkout).
+_checkout.verify()

@@ -21,18 +21,16 @@ Usage (the ``train`` rule runs it once per job, before the launcher starts any p
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import re
 import shutil
 from pathlib import Path
 
 import yaml
 
 from ftflow import paths
+from ftflow.backends import COMPLETE_MARKER  # noqa: F401  (re-exported)
+from ftflow.files import iter_jsonl_lines, sha256_bytes, write_json
 
-COMPLETE_MARKER = ".complete"
 FINISHED_MARKER = ".finished"
 FINGERPRINT = "fingerprint.json"
 METRICS_PARTIAL = "metrics.partial.jsonl"
@@ -45,28 +43,42 @@ class StaleCheckpointsError(RuntimeError):
     """The checkpoints belong to another config, other data or another parent model."""
 
 
-def step(checkpoint: Path) -> int:
-    """The step of ``checkpoint-N``; -1 for anything else."""
-    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
-    return int(match.group(1)) if match else -1
+def _backend_of(checkpoints: Path):
+    """The backend of the run that owns ``checkpoints`` (read from its run.yaml)."""
+    from ftflow import backends
+
+    run_config = Path(checkpoints).parent / "run.yaml"
+    name = yaml.safe_load(run_config.read_text())["model"]["backend"]
+    return backends.get(name)
 
 
-def complete_checkpoints(checkpoints: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not checkpoints.is_dir():
+def listed(checkpoints: Path, backend=None) -> list:
+    """The backend's checkpoints in ``checkpoints``, oldest first (none: no folder)."""
+    if not Path(checkpoints).is_dir():
         return []
-    found = [p for p in checkpoints.iterdir() if step(p) >= 0 and (p / COMPLETE_MARKER).exists()]
-    return sorted(found, key=step)
+    return (backend or _backend_of(checkpoints)).checkpoints(Path(checkpoints))
 
 
-def discard_incomplete(checkpoints: Path) -> list[Path]:
+def complete_checkpoints(checkpoints: Path, backend=None) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    return [c.path for c in listed(checkpoints, backend) if c.complete]
+
+
+def step(checkpoint: Path, backend=None) -> int:
+    """The training step a checkpoint folder holds; -1 when it is not a checkpoint."""
+    for c in listed(Path(checkpoint).parent, backend):
+        if c.path.name == Path(checkpoint).name:
+            return c.step
+    return -1
+
+
+def discard_incomplete(checkpoints: Path, backend=None) -> list[Path]:
     """Remove checkpoints a killed attempt left half-written; return what went."""
     removed = []
-    if checkpoints.is_dir():
-        for p in checkpoints.iterdir():
-            if step(p) >= 0 and not (p / COMPLETE_MARKER).exists():
-                shutil.rmtree(p)
-                removed.append(p)
+    for c in listed(checkpoints, backend):
+        if not c.complete:
+            shutil.rmtree(c.path)
+            removed.append(c.path)
     return removed
 
 
@@ -76,17 +88,13 @@ def truncate_metrics(partial: Path, last_step: int) -> None:
         return
     kept = [
         line
-        for line in partial.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= last_step
+        for _, line in iter_jsonl_lines(partial.read_text())
+        if json.loads(line)["step"] <= last_step
     ]
     partial.write_text("".join(line + "\n" for line in kept))
 
 
 # ---------------------------------------------------------------------- fingerprint
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def fingerprint(cfg: dict) -> dict[str, str | None]:
@@ -104,9 +112,9 @@ def fingerprint(cfg: dict) -> dict[str, str | None]:
     if "parent" in cfg:
         p = cfg["parent"]
         metrics = paths.metrics_file(p["model"], p["method"], p["dataset"], p["seed"])
-        parent = _sha256(metrics.read_bytes())
+        parent = sha256_bytes(metrics.read_bytes())
     return {
-        "config": _sha256(json.dumps(trained_from, sort_keys=True).encode()),
+        "config": sha256_bytes(json.dumps(trained_from, sort_keys=True).encode()),
         "data": manifest["key"],
         "parent": parent,
     }
@@ -156,9 +164,7 @@ def claim(run_config: Path) -> str:
     if why is not None:
         shutil.rmtree(checkpoints)
         checkpoints.mkdir()
-    tmp = checkpoints / f"{FINGERPRINT}.tmp"
-    tmp.write_text(json.dumps(current, indent=2) + "\n")
-    os.replace(tmp, checkpoints / FINGERPRINT)
+    write_json(checkpoints / FINGERPRINT, current)
     if why is None:
         return f"new checkpoints folder {checkpoints}"
     return f"discarded the checkpoints in {checkpoints}: {why}"

@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and every input function.
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -8,8 +9,13 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from ftflow import backends, checkout, paths  # noqa: E402
 from ftflow import config as ftconfig  # noqa: E402
-from ftflow import launch, paths  # noqa: E402
+from ftflow import launch  # noqa: E402
+
+# Every job imports the ftflow this Snakefile imported (its own src/, else the installed
+# one), never another clone that happens to be installed: see ftflow.checkout.
+os.environ.update(checkout.job_env())
 
 # Friendly errors first (key path + allowed values), then snakemake's own pass.
 try:
@@ -81,8 +87,26 @@ def get_parent_final(wildcards):
     )
 
 
+def _launch(wildcards):
+    """The backend's launch of this run: command, environment, files it reads."""
+    backend = backends.get(config["models"][wildcards.model]["backend"])
+    return backend.launch(_method(wildcards))
+
+
 def get_launcher(wildcards):
-    return launch.launch_command(_method(wildcards))
+    return _launch(wildcards).command
+
+
+def get_launch_env(wildcards):
+    return _launch(wildcards).env_exports()
+
+
+def get_launch_inputs(wildcards):
+    return list(_launch(wildcards).inputs)
+
+
+def get_conda_env(wildcards):
+    return str(Path(workflow.basedir) / _launch(wildcards).conda_env)
 
 
 def get_train_threads(wildcards):

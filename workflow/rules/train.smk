@@ -1,5 +1,7 @@
 # Train one run. checkpoints/ is deliberately not an output: Snakemake deletes the
-# outputs of a failed job, and a retried job resumes from its checkpoints.
+# outputs of a failed job, and a retried job resumes from its checkpoints. The module,
+# launcher line, environment and every file the job reads (e.g. the DeepSpeed JSON) come
+# from the model's backend (ftflow.backends).
 
 
 rule configure_run:
@@ -24,6 +26,7 @@ rule train:
         model=rules.prefetch_model.output.model,
         dataset=rules.prepare_dataset.output.manifest,
         parent=get_parent_final,
+        launch_files=get_launch_inputs,
     output:
         final=directory(paths.RUN_FINAL),
         metrics=paths.RUN_METRICS,
@@ -33,7 +36,7 @@ rule train:
         paths.benchmark("train", paths.RUN)
     retries: 2
     conda:
-        "../../envs/trl.yaml"
+        get_conda_env
     threads: get_train_threads
     resources:
         nodes=get_train_resource("nodes"),
@@ -47,11 +50,13 @@ rule train:
         constraint=get_train_resource("constraint"),
     params:
         launcher=get_launcher,
+        env=get_launch_env,
     shell:
         # Claimed once, before any training process starts: checkpoints made under
         # another config, data or parent (or by a finished training) are discarded.
         "python -m ftflow.checkpoints {input.run_config} >> {log} 2>&1 && "
         "export OMP_NUM_THREADS={threads} && "
+        "{params.env}"
         "{params.launcher} "
         "{input.run_config} "
         ">> {log} 2>&1"

@@ -1,0 +1,159 @@
+"""The TRL backend: full SFT, LoRA (PEFT) and DPO with TRL's trainers.
+
+Supports: ``sft``, ``lora`` and ``dpo`` methods; one process, DDP (``torchrun``), DeepSpeed
+ZeRO-3 and FSDP2 (``accelerate launch``, settings in this folder's ``zero3.json`` /
+``fsdp.json``, declared as inputs of the ``train`` rule). Assumes the dataset was prepared
+by :mod:`ftflow.prepare` for the run's model (DPO data arrives tokenised). Raises
+:class:`ftflow.config.ConfigError` at config time for what it cannot honour.
+
+Checkpoints are the Trainer's ``checkpoints/checkpoint-N``; one is complete once
+:class:`~ftflow.backends.trl.callbacks.CompleteMarker` has marked it after the save.
+Metrics are written live as contract rows (:class:`~.callbacks.MetricsCallback`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ftflow import launch as launchlib
+from ftflow import paths
+from ftflow.backends import COMPLETE_MARKER, Checkpoint, Launch
+from ftflow.checkpoints import METRICS_PARTIAL
+from ftflow.files import read_jsonl
+from ftflow.spec import RunSpec
+
+HERE = Path(__file__).parent
+DISTRIBUTED_CONFIG = {"deepspeed_zero3": HERE / "zero3.json", "fsdp": HERE / "fsdp.json"}
+
+
+class TrlBackend:
+    name = "trl"
+    module = "ftflow.train"
+    conda_env = "envs/trl.yaml"
+
+    # ---------------------------------------------------------------- config time
+
+    def validate_method(self, where: str, method: Mapping[str, Any]) -> None:
+        from ftflow.config import ConfigError
+
+        res = method.get("resources") or {}
+        if method["distributed"] == "fsdp" and not res.get("gpus_per_node"):
+            raise ConfigError(
+                f"config key {where}.distributed: fsdp needs GPUs (set "
+                f"{where}.resources.gpus_per_node); on a CPU the Trainer silently runs FSDP "
+                "as plain DDP (allowed on a CPU: none, ddp, deepspeed_zero3)"
+            )
+
+    def launch(self, method: Mapping[str, Any]) -> Launch:
+        distributed = method.get("distributed", "none")
+        extra = DISTRIBUTED_CONFIG.get(distributed)
+        return Launch(
+            command=launchlib.launch_command(method, self.module),
+            conda_env=self.conda_env,
+            inputs=(str(extra),) if extra else (),
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoints(self, folder: Path) -> list[Checkpoint]:
+        """``checkpoint-N`` folders, oldest first."""
+        found = []
+        if Path(folder).is_dir():
+            for path in Path(folder).iterdir():
+                match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+                if match and path.is_dir():
+                    complete = (path / COMPLETE_MARKER).exists()
+                    found.append(Checkpoint(path, int(match.group(1)), complete))
+        return sorted(found, key=lambda c: c.step)
+
+    # ----------------------------------------------------------------------- render
+
+    def render(self, spec: RunSpec) -> dict[str, Any]:
+        """Everything this backend hands to transformers / TRL / PEFT for ``spec``."""
+        import torch
+
+        method, batch, model = spec.method, spec.batch, spec.model
+        args: dict[str, Any] = {
+            "output_dir": str(spec.paths.checkpoints),
+            "seed": spec.run.seed,
+            "data_seed": spec.run.seed,
+            "per_device_train_batch_size": batch.per_device_batch_size,
+            "gradient_accumulation_steps": batch.gradient_accumulation_steps,
+            "learning_rate": method.learning_rate,
+            "lr_scheduler_type": method.lr_scheduler,
+            "warmup_steps": method.warmup_ratio,  # a float < 1 is a ratio
+            "weight_decay": method.weight_decay,
+            "max_grad_norm": method.max_grad_norm,
+            "num_train_epochs": method.epochs,
+            "max_steps": method.max_steps or -1,
+            "optim": method.optimizer,
+            "gradient_checkpointing": method.gradient_checkpointing,
+            "logging_steps": method.logging_steps,
+            "logging_nan_inf_filter": False,  # report NaN/Inf as it is, so we can stop on it
+            "save_strategy": "steps",
+            "save_steps": method.save_steps,
+            "save_total_limit": method.save_total_limit,
+            # TRL defaults bf16 to True even on a CPU; precision follows the model config.
+            "bf16": model.dtype == "bfloat16",
+            "fp16": model.dtype == "float16",
+            "use_cpu": not torch.cuda.is_available(),
+            "report_to": "none",
+            "include_num_input_tokens_seen": "non_padding",
+            "dataloader_num_workers": 0,
+            "max_length": spec.dataset.max_length,
+            "disable_tqdm": True,
+        }
+        if method.lr_scheduler == "cosine_with_min_lr":
+            args["lr_scheduler_kwargs"] = {"min_lr_rate": method.min_lr_rate}
+        if method.distributed == "deepspeed_zero3":
+            args["deepspeed"] = str(DISTRIBUTED_CONFIG["deepspeed_zero3"])
+        elif method.distributed == "fsdp":
+            args["fsdp"] = "full_shard auto_wrap"
+            args["fsdp_config"] = str(DISTRIBUTED_CONFIG["fsdp"])
+        rendered: dict[str, Any] = {
+            "trainer": args,
+            "model": {
+                "path": str(paths.final_dir(*_fields(spec.parent)))
+                if spec.parent
+                else str(paths.model_dir(spec.run.model)),
+                "dtype": model.dtype,
+                "attn_implementation": model.attn_implementation,
+                "trust_remote_code": model.trust_remote_code,
+            },
+        }
+        if method.kind == "lora":
+            lora = method.lora or {}
+            rendered["peft"] = {
+                "r": lora["r"],
+                "lora_alpha": lora["alpha"],
+                "lora_dropout": lora["dropout"],
+                "target_modules": lora["target_modules"],
+                "task_type": "CAUSAL_LM",
+            }
+        if method.kind == "dpo":
+            rendered["dpo"] = {"beta": method.beta, "loss_type": [method.loss_type]}
+        return rendered
+
+    # ------------------------------------------------------------------------ train
+
+    def train(self, spec: RunSpec, resume: Checkpoint | None):
+        from ftflow.backends.trl.trainer import build_trainer
+
+        trainer = build_trainer(spec, self.render(spec), spec.paths.checkpoints / METRICS_PARTIAL)
+        trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        return trainer
+
+    def export(self, trained, spec: RunSpec, dest: Path) -> None:
+        trained.save_model(str(dest))
+        trained.processing_class.save_pretrained(dest)
+
+    def metrics(self, spec: RunSpec) -> list[dict[str, Any]]:
+        partial = spec.paths.checkpoints / METRICS_PARTIAL
+        return read_jsonl(partial) if partial.exists() else []
+
+
+def _fields(run) -> tuple:
+    return (run.model, run.method, run.dataset, run.seed)

@@ -1,0 +1,66 @@
+"""TRL/Trainer callbacks: the contract's metric rows, live, and the complete marker."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ftflow.backends import COMPLETE_MARKER, DPO_KEYS, metric_keys
+from ftflow.lifecycle import NonFiniteLossError
+
+
+class MetricsCallback(TrainerCallback):
+    """One contract row per logged step, appended to ``partial``; NaN/Inf loss stops."""
+
+    def __init__(self, partial: Path, kind: str):
+        self.partial = partial
+        self.keys = metric_keys(kind)
+        self.last_time = None
+        self.last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time = time.perf_counter()
+        self.last_tokens = state.num_input_tokens_seen or 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:  # the end-of-training summary
+            return
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {state.global_step}: stopping instead of training "
+                "on (lower the learning rate, check the data, or use float32)"
+            )
+        now = time.perf_counter()
+        tokens = state.num_input_tokens_seen or 0
+        elapsed = max(now - self.last_time, 1e-9)
+        row = {
+            "step": state.global_step,
+            "epoch": logs.get("epoch", state.epoch),
+            "loss": loss,
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens_per_second": (tokens - self.last_tokens) / elapsed,
+        }
+        for key in DPO_KEYS:
+            if key in self.keys:
+                row[key] = logs.get(key)
+        self.last_time, self.last_tokens = now, tokens
+        if state.is_world_process_zero:
+            with open(self.partial, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+class CompleteMarker(TrainerCallback):
+    """Mark a checkpoint complete once the trainer has saved all of it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                (checkpoint / COMPLETE_MARKER).write_text(f"{state.global_step}\n")

@@ -1,0 +1,128 @@
+"""The grid's runs and each run's fully resolved settings (what run.yaml holds)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
+from ftflow.paths import Run
+
+SCHEDULER_ONLY = ("runtime", "retry_runtime", "mem_mb", "constraint", "cpus_per_task")
+
+
+def runs(config: Mapping) -> list[Run]:
+    """Every run of the grid, sorted, each once."""
+    cells = set()
+    for block in config["grid"]:
+        for model, method, dataset, seed in itertools.product(
+            block["models"], block["methods"], block["datasets"], block["seeds"]
+        ):
+            cells.add(Run(model, method, dataset, int(seed)))
+    return sorted(cells)
+
+
+def iter_cells(config: Mapping) -> Iterator[tuple[str, str, str]]:
+    """Grid cells without the seed: what the report draws one figure for."""
+    yield from sorted({(r.model, r.method, r.dataset) for r in runs(config)})
+
+
+def base_runs(config: Mapping) -> list[Run]:
+    """The base-model evaluation rows: each model of the grid, for each of its seeds."""
+    rows = set()
+    for block in config["grid"]:
+        for model, seed in itertools.product(block["models"], block["seeds"]):
+            rows.add(Run(model, BASE_METHOD, BASE_DATASET, int(seed)))
+    return sorted(rows)
+
+
+def eval_runs(config: Mapping) -> list[Run]:
+    """Everything an evaluation runs on: every run of the grid plus the base rows."""
+    return base_runs(config) + runs(config) if config.get("evaluations") else []
+
+
+def parent_run(config: Mapping, run: Run) -> Run | None:
+    method = config["methods"][run.method]
+    if method["kind"] != "dpo":
+        return None
+    return Run(run.model, method["parent"]["method"], method["parent"]["dataset"], run.seed)
+
+
+# ------------------------------------------------------------------- derived values
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is split: per_device × accumulation × processes = global."""
+
+    global_batch_size: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    processes: int
+
+
+def processes(method: Mapping) -> int:
+    res = method.get("resources") or {}
+    nodes = res.get("nodes", 1)
+    gpus = res.get("gpus_per_node", 0)
+    return nodes * gpus if gpus else nodes * res.get("cpu_processes", 1)
+
+
+def derive_batch(method: Mapping, n_processes: int | None = None) -> BatchPlan:
+    """Derive gradient accumulation from the global batch; refuse what does not divide."""
+    n_processes = n_processes or processes(method)
+    global_batch = method["global_batch_size"]
+    per_device = min(method.get("per_device_batch_size", 1), max(global_batch // n_processes, 1))
+    per_step = per_device * n_processes
+    if global_batch % per_step:
+        raise ConfigError(
+            f"config key global_batch_size: {global_batch} cannot be split over "
+            f"{n_processes} process(es) × per_device_batch_size {per_device} "
+            f"(allowed: a multiple of {per_step})"
+        )
+    return BatchPlan(global_batch, per_device, global_batch // per_step, n_processes)
+
+
+def resolve_run(config: Mapping, run: Run) -> dict:
+    """The fully resolved settings of one run — exactly what run.yaml holds.
+
+    Only what this run depends on goes in, so adding a seed or another method to the
+    grid leaves every other run's ``run.yaml`` (and so its rerun triggers) unchanged.
+    """
+    method = copy.deepcopy(config["methods"][run.method])
+    # Scheduler-only settings (time, memory, constraint, CPUs) do not change what is
+    # trained; leaving them out means raising a time limit does not retrain finished runs.
+    # The process layout does change the batch split, and stays (in `batch`).
+    for key in SCHEDULER_ONLY:
+        method.get("resources", {}).pop(key, None)
+    dataset = copy.deepcopy(config["datasets"][run.dataset])
+    model = copy.deepcopy(config["models"][run.model])
+    batch = derive_batch(method)
+    resolved = {
+        "run": {
+            "model": run.model,
+            "method": run.method,
+            "dataset": run.dataset,
+            "seed": run.seed,
+        },
+        "model": model,
+        "dataset": dataset,
+        "method": method,
+        "batch": {
+            "global_batch_size": batch.global_batch_size,
+            "per_device_batch_size": batch.per_device_batch_size,
+            "gradient_accumulation_steps": batch.gradient_accumulation_steps,
+            "processes": batch.processes,
+        },
+    }
+    parent = parent_run(config, run)
+    if parent:
+        resolved["parent"] = {
+            "model": parent.model,
+            "method": parent.method,
+            "dataset": parent.dataset,
+            "seed": parent.seed,
+        }
+    return resolved
