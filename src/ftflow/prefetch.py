@@ -135,7 +135,7 @@ def _install_dir(staged: Path, dest: Path) -> None:
 # -- fetch_url -------------------------------------------------------------------------------
 
 
-def fetch_url(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Path:
+def fetch_url(url: str, dest: Path, sha256: str | None, *, timeout: float = 60.0) -> Path:
     """Download ``url`` (``http://``, ``https://`` or ``file://``) to the file ``dest``.
 
     The content is streamed into a temporary file in ``dest``'s directory, hashed on the way,
@@ -146,15 +146,17 @@ def fetch_url(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pa
     Raises :class:`PrefetchError` on a bad digest argument, an unsupported scheme, any
     download error, or a digest mismatch (the message names the URL, the expected and the
     actual digest). In every error case neither ``dest`` nor a temporary file is left behind.
+    ``sha256=None`` (a source pinned by its first fetch, :mod:`ftflow.lock`) accepts any
+    content: the caller records its digest.
     """
     dest = Path(dest)
     shown = _redact(url)
-    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256)):
         raise PrefetchError(
             f"sha256 for {shown} must be 64 hex characters, got {sha256!r}; "
             f"compute it with `sha256sum FILE`"
         )
-    expected = sha256.lower()
+    expected = sha256.lower() if sha256 else None
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https", "file"):
         raise PrefetchError(f"cannot fetch {shown}: only http://, https:// and file:// URLs work")
@@ -162,7 +164,7 @@ def fetch_url(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pa
         raise PrefetchError(f"cannot fetch {shown} to {dest}: it is a directory")
 
     if dest.exists():
-        if sha256_file(dest) == expected:
+        if expected and sha256_file(dest) == expected:
             log.info("%s already present with sha256 %s", dest, expected)
             return dest
         log.warning("%s exists with a different sha256; removing it and fetching again", dest)
@@ -185,7 +187,7 @@ def fetch_url(url: str, dest: Path, sha256: str, *, timeout: float = 60.0) -> Pa
             except (OSError, ValueError, http.client.HTTPException) as exc:
                 raise PrefetchError(f"could not download {shown}: {exc}") from exc
         actual = digest.hexdigest()
-        if actual != expected:
+        if expected and actual != expected:
             raise PrefetchError(
                 f"sha256 mismatch for {shown}: expected {expected}, got {actual} "
                 f"({size} bytes); nothing was written to {dest}"

@@ -5,13 +5,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ftflow import datafiles, prefetch
+from ftflow import datafiles, lock, prefetch
 
 
 def main(source: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if "url" in source:
-        prefetch.fetch_url(source["url"], out, source["sha256"])
+        lock.fetch(source["url"], out, source.get("sha256"))
     elif "hub" in source:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             repo = prefetch.fetch_hub(
