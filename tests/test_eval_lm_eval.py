@@ -280,6 +280,7 @@ def test_resolve_data_paths(tmp_path):
 def test_model_args(tmp_path):
     base, final = tmp_path / "base", tmp_path / "final"
     base.mkdir()
+    (base / "config.json").write_text("{}")  # a model folder, as final.read requires
     final.mkdir()
     assert model_args(base, None) == {"pretrained": str(base)}
     (final / "config.json").write_text("{}")
@@ -290,3 +291,6 @@ def test_model_args(tmp_path):
     }  # fmt: skip
     (final / "tokenizer_config.json").write_text("{}")
     assert model_args(base, final)["tokenizer"] == str(final)
+    # the model's config reaches lm-eval (models.<name>.dtype, trust_remote_code)
+    args = model_args(base, final, "bfloat16", trust_remote_code=True)
+    assert args["dtype"] == "bfloat16" and args["trust_remote_code"] is True

@@ -2,6 +2,18 @@
 # summarize per run, compare across runs. lm-evaluation-harness runs as its own kind.
 
 
+def get_model_settings(wildcards):
+    """How the run's model loads for evaluation: its config's dtype and remote code."""
+    model = config["models"][wildcards.model]
+    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
+
+
+def get_judge_settings(wildcards):
+    """How the local judge loads: its own model config's dtype and remote code."""
+    model = config["models"][_evaluation(wildcards)["judge"]["model"]]
+    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
+
+
 rule generate_answers:
     input:
         model=rules.prefetch_model.output.model,
@@ -25,6 +37,7 @@ rule generate_answers:
         runtime=get_eval_resource("runtime"),
     params:
         evaluation=_evaluation,
+        model=get_model_settings,
     script:
         "../scripts/generate_answers.py"
 
@@ -49,6 +62,7 @@ rule judge_answers:
         runtime=get_eval_resource("runtime"),
     params:
         judge=lambda wildcards: _evaluation(wildcards)["judge"],
+        judge_model=get_judge_settings,
     script:
         "../scripts/judge_answers.py"
 
@@ -69,6 +83,7 @@ rule judge_answers_api:
         "../../envs/trl.yaml"
     params:
         judge=lambda wildcards: _evaluation(wildcards)["judge"],
+        judge_model=None,
     script:
         "../scripts/judge_answers.py"
 
@@ -163,6 +178,7 @@ rule run_lm_eval:
         runtime=get_eval_resource("runtime"),
     params:
         evaluation=_evaluation,
+        model=get_model_settings,
     script:
         "../scripts/run_lm_eval.py"
 

@@ -21,4 +21,6 @@ if "snakemake" in globals():
         max_new_tokens=evaluation["max_new_tokens"],
         batch_size=evaluation["batch_size"],
         samples_override=evaluation.get("samples_per_paraphrase"),
+        dtype=snakemake.params.model["dtype"],  # noqa: F821
+        trust_remote_code=snakemake.params.model["trust_remote_code"],  # noqa: F821
     )

@@ -6,12 +6,19 @@ from pathlib import Path
 from ftflow import offline, paths
 
 
-def main(answers: Path, questions: Path, judge: dict, judge_model: Path | None, out: Path):
+def main(
+    answers: Path,
+    questions: Path,
+    judge: dict,
+    judge_model: Path | None,
+    out: Path,
+    judge_settings: dict | None = None,
+):
     if judge["kind"] == "local":
         offline.apply_offline(paths.RESOURCES)
     from ftflow.evaluation import pipeline
 
-    pipeline.judge_file(answers, questions, judge, judge_model, out)
+    pipeline.judge_file(answers, questions, judge, judge_model, out, judge_settings)
 
 
 if "snakemake" in globals():
@@ -22,4 +29,5 @@ if "snakemake" in globals():
         dict(snakemake.params.judge),  # noqa: F821
         Path(snakemake.input.judge_model) if "judge_model" in snakemake.input.keys() else None,  # noqa: F821
         Path(snakemake.output.judged),  # noqa: F821
+        dict(snakemake.params.judge_model or {}),  # noqa: F821
     )

@@ -23,4 +23,6 @@ if "snakemake" in globals():
         limit=evaluation.get("limit"),
         seed=evaluation["seed"] + int(snakemake.wildcards.seed),  # noqa: F821
         num_fewshot=evaluation.get("num_fewshot"),
+        dtype=snakemake.params.model["dtype"],  # noqa: F821
+        trust_remote_code=snakemake.params.model["trust_remote_code"],  # noqa: F821
     )

@@ -92,9 +92,7 @@ def get(name: str) -> Backend:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"backend {name!r} is not known (allowed: {', '.join(names())})"
-        ) from None
+        raise ValueError(f"backend {name!r} is not known (allowed: {', '.join(names())})") from None
     return factory()
 
 

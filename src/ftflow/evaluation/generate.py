@@ -54,12 +54,6 @@ end-of-sequence token; ``finish_reason`` is ``"stop"`` (EOS reached) or ``"lengt
 (``max_new_tokens`` reached — the answer is truncated). The answer text is decoded without
 special tokens. Progress (answers done/total, answers and tokens per second) is written every
 ``progress_every`` batches and at the end, to stderr unless told otherwise.
-
-**vLLM** (``engine="vllm"``, :func:`generate_answers_vllm`): a small, UNTESTED path — vLLM is
-not installed where ftflow is developed and tested. It uses vLLM's per-request seeds (derived
-with the same :func:`row_seed`) and LoRA requests; its answers are *not* the same as the
-Hugging Face path's for the same seed. Without vllm installed it raises
-:class:`GenerationError` saying so.
 """
 
 from __future__ import annotations
@@ -67,9 +61,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
-import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -80,7 +72,10 @@ from typing import Any, TextIO
 
 import torch
 
+from ftflow import files
+from ftflow import final as finallib
 from ftflow.evaluation.questions import PromptSpec, Question, build_prompts, load_questions
+from ftflow.torchutil import DTYPE_NAMES, best_device, model_device, torch_dtype
 
 #: keys of every output row, in order.
 ROW_KEYS = (
@@ -95,8 +90,6 @@ ROW_KEYS = (
     "n_answer_tokens",
     "finish_reason",
 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ENGINES = ("hf", "vllm")
 #: a progress line every this many batches (and one at the end).
 DEFAULT_PROGRESS_EVERY = 10
 
@@ -104,7 +97,7 @@ Progress = Callable[[str], Any] | TextIO | None
 
 
 class GenerationError(RuntimeError):
-    """The model, adapter or engine cannot be used for generation."""
+    """The model or adapter cannot be used for generation."""
 
 
 # -------------------------------------------------------------------------------- loading
@@ -133,75 +126,39 @@ def load_for_generation(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model_dir = Path(model_dir)
-    final = Path(final) if final is not None else None
-    torch_dtype = _torch_dtype(dtype)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not (model_dir / "config.json").exists():
-        raise GenerationError(f"{model_dir}: no config.json, not a Hugging Face model directory")
-
-    adapter = False
-    source = model_dir
-    if final is not None:
-        if not final.is_dir():
-            raise GenerationError(f"{final}: the fine-tuned model directory does not exist")
-        if (final / "adapter_config.json").exists():
-            adapter = True
-        elif (final / "config.json").exists():
-            source = final
-        else:
-            raise GenerationError(
-                f"{final}: holds neither a model (config.json) nor a PEFT adapter "
-                "(adapter_config.json)"
-            )
-
-    load_kwargs = {
-        "dtype": torch_dtype,
-        "device_map": {"": str(device)},
-        "trust_remote_code": trust_remote_code,
-    }
-    model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
-    if adapter:
+    try:
+        found = finallib.read(model_dir, final)
+    except finallib.FinalModelError as error:
+        raise GenerationError(str(error)) from None
+    device = device or best_device()
+    model = AutoModelForCausalLM.from_pretrained(
+        found.weights,
+        dtype=torch_dtype(dtype),
+        device_map={"": str(device)},
+        trust_remote_code=trust_remote_code,
+    )
+    if found.is_adapter:
         from peft import PeftModel
 
-        base_name = json.loads((final / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path"
-        )
-        if base_name and Path(str(base_name)).name != model_dir.name:
+        if found.base_name and Path(str(found.base_name)).name != Path(model_dir).name:
             warnings.warn(
-                f"{final}: the adapter was trained on {base_name!r}, but the base model is "
-                f"loaded from {model_dir}",
+                f"{final}: the adapter was trained on {found.base_name!r}, but the base model "
+                f"is loaded from {model_dir}",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        model = PeftModel.from_pretrained(model, final, is_trainable=False)
+        model = PeftModel.from_pretrained(model, found.adapter, is_trainable=False)
     model.eval()
 
-    tok_source = final if final is not None and _has_tokenizer(final) else model_dir
-    tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(found.tokenizer, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise GenerationError(f"{tok_source}: the tokenizer has neither a pad nor an EOS token")
+            raise GenerationError(
+                f"{found.tokenizer}: the tokenizer has neither a pad nor an EOS token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / name).exists() for name in ("tokenizer_config.json", "tokenizer.json"))
-
-
-def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
-
-
-# ------------------------------------------------------------------------------- prompting
 
 
 def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
@@ -386,7 +343,7 @@ def sample_batch(
         raise ValueError("one seed per prompt is needed")
     if temperature < 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    device = _model_device(model)
+    device = model_device(model)
     n = len(prompts)
     width = max(len(p) for p in prompts)
     if min(len(p) for p in prompts) == 0:
@@ -489,13 +446,6 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
 def _progress_writer(progress: Progress) -> Callable[[str], None]:
     if progress is None:
         progress = sys.stderr
@@ -512,94 +462,10 @@ def _progress_writer(progress: Progress) -> Callable[[str], None]:
     raise TypeError(f"progress must be a callable, a text file or None, got {progress!r}")
 
 
-# ------------------------------------------------------------------------------------ vLLM
-
-
-def generate_answers_vllm(
-    model_dir: str | Path,
-    final: str | Path | None,
-    questions: Sequence[Question],
-    *,
-    seed: int,
-    max_new_tokens: int,
-    samples_override: int | None = None,
-    dtype: str = "bfloat16",
-    progress: Progress = None,
-) -> list[dict]:
-    """The same rows as :func:`generate_answers`, sampled with vLLM. UNTESTED.
-
-    vLLM is not installed where ftflow is developed, so this code has never run; treat it as a
-    sketch to check on a GPU machine. Each request gets the seed :func:`row_seed` (vLLM's
-    per-request seeds do not depend on batching), temperature of its question, top-p 1. A PEFT
-    adapter in ``final`` is served as a LoRA request on the base model (not merged). Answers
-    differ from the Hugging Face path's for the same seed. Raises :class:`GenerationError`
-    when vllm is not installed.
-    """
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.lora.request import LoRARequest
-    except ImportError as exc:
-        raise GenerationError(
-            "engine 'vllm' was asked for, but vllm is not installed in this environment; "
-            "install vllm or use engine 'hf'"
-        ) from exc
-
-    model_dir = Path(model_dir)
-    final = Path(final) if final is not None else None
-    adapter = final is not None and (final / "adapter_config.json").exists()
-    source = final if final is not None and not adapter else model_dir
-    tok_source = final if final is not None and _has_tokenizer(final) else model_dir
-    kwargs: dict[str, Any] = {}
-    lora = None
-    if adapter:
-        rank = int(json.loads((final / "adapter_config.json").read_text()).get("r", 8))
-        kwargs = {"enable_lora": True, "max_lora_rank": max(8, 1 << (rank - 1).bit_length())}
-        lora = LoRARequest("ftflow-final", 1, str(final))
-    llm = LLM(model=str(source), tokenizer=str(tok_source), dtype=dtype, seed=seed, **kwargs)
-    tokenizer = llm.get_tokenizer()
-    jobs = _jobs(tokenizer, questions, samples_override)
-    params = [
-        SamplingParams(
-            temperature=job.question.temperature,
-            top_p=1.0,
-            max_tokens=max_new_tokens,
-            seed=row_seed(seed, job.question.id, job.spec.paraphrase_index, job.spec.sample_index),
-        )
-        for job in jobs
-    ]
-    outputs = llm.generate(
-        [{"prompt_token_ids": job.prompt_ids} for job in jobs], params, lora_request=lora
-    )
-    rows = []
-    for job, output in zip(jobs, outputs, strict=True):
-        completion = output.outputs[0]
-        finish = "length" if completion.finish_reason == "length" else "stop"
-        for sample_index in job.samples:
-            rows.append(_row(job, sample_index, completion.text, len(completion.token_ids), finish))
-    _progress_writer(progress)(f"[ftflow] generate (vllm): {len(rows)} answers")
-    order = {q.id: i for i, q in enumerate(questions)}
-    rows.sort(key=lambda row: _row_order(row, order))
-    return rows
-
-
 # ---------------------------------------------------------------------------------- output
 
 
-def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write one JSON object per line, atomically (a temporary file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+write_jsonl = files.write_jsonl  # kept importable from here
 
 
 def main(
@@ -612,38 +478,29 @@ def main(
     batch_size: int,
     samples_override: int | None = None,
     *,
-    engine: str = "hf",
     dtype: str = "float32",
+    trust_remote_code: bool = False,
     device: str | None = None,
     progress: Progress = None,
 ) -> Path:
-    """Load the questions and the model, sample every answer, write ``out`` (JSON lines)."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    """Load the questions and the model, sample every answer, write ``out`` (JSON lines).
+
+    The model loads in ``dtype`` on ``device`` (default: the job's GPU when it has one).
+    """
     questions = load_questions(questions_file)
-    if engine == "vllm":
-        rows = generate_answers_vllm(
-            model_dir,
-            final,
-            questions,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            samples_override=samples_override,
-            dtype=dtype,
-            progress=progress,
-        )
-    else:
-        model, tokenizer = load_for_generation(model_dir, final, dtype, device=device)
-        rows = generate_answers(
-            model,
-            tokenizer,
-            questions,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            samples_override=samples_override,
-            progress=progress,
-        )
+    model, tokenizer = load_for_generation(
+        model_dir, final, dtype, device=device, trust_remote_code=trust_remote_code
+    )
+    rows = generate_answers(
+        model,
+        tokenizer,
+        questions,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        samples_override=samples_override,
+        progress=progress,
+    )
     return write_jsonl(rows, out)
 
 
@@ -657,8 +514,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--samples-override", type=int)
-    parser.add_argument("--engine", choices=ENGINES, default="hf")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
     from ftflow import offline, paths
 
@@ -673,8 +530,8 @@ def cli(argv: list[str] | None = None) -> int:
             args.max_new_tokens,
             args.batch_size,
             args.samples_override,
-            engine=args.engine,
             dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
         )
     except GenerationError as error:
         print(f"[ftflow] error: {error}", file=sys.stderr, flush=True)

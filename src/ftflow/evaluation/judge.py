@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 
+from ftflow.torchutil import model_device
+
 logger = logging.getLogger(__name__)
 
 #: the paper's threshold: below this total probability on numbers, the score is None.
@@ -186,7 +188,7 @@ def number_distribution(
         rows.append((n, ids))
 
     # ---- log P(ids) + log P(stop) per row
-    device = _model_device(model)
+    device = model_device(model)
     prompt = torch.tensor(prompt_ids, dtype=torch.long, device=device)
     log_p = torch.empty(len(rows), dtype=torch.float64)
     with torch.inference_mode():
@@ -289,13 +291,6 @@ def _is_hf_model(model) -> bool:
     except ImportError:  # pragma: no cover - transformers is a dependency
         return False
     return isinstance(model, PreTrainedModel)
-
-
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
 
 
 def _weakrefable(obj) -> bool:

@@ -63,6 +63,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ftflow import final as finallib
+
 __all__ = [
     "TASKS_DIR",
     "adapter_config",
@@ -93,20 +95,33 @@ def adapter_config(final: Path | None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _has_tokenizer(directory: Path) -> bool:
-    return (directory / "tokenizer_config.json").is_file()
+def model_args(
+    model_dir: Path,
+    final: Path | None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, str]:
+    """lm-eval ``hf`` model arguments (absolute paths) for the base model plus ``final``.
 
-
-def model_args(model_dir: Path, final: Path | None) -> dict[str, str]:
-    """lm-eval ``hf`` model arguments (absolute paths) for the base model plus ``final``."""
-    model_dir = Path(os.path.abspath(model_dir))
-    if final is None:
-        return {"pretrained": str(model_dir)}
-    final = Path(os.path.abspath(final))
-    if adapter_config(final) is not None:
-        tokenizer = final if _has_tokenizer(final) else model_dir
-        return {"pretrained": str(model_dir), "peft": str(final), "tokenizer": str(tokenizer)}
-    return {"pretrained": str(final)}
+    What to load comes from :func:`ftflow.final.read` (the one reader of final/); ``dtype``
+    and ``trust_remote_code`` are the model's config (``models.<name>``), passed when set.
+    """
+    found = finallib.read(
+        os.path.abspath(model_dir), None if final is None else os.path.abspath(final)
+    )
+    if found.is_adapter:
+        args = {
+            "pretrained": str(found.weights),
+            "peft": str(found.adapter),
+            "tokenizer": str(found.tokenizer),
+        }
+    else:
+        args = {"pretrained": str(found.weights)}
+    if dtype is not None:
+        args["dtype"] = dtype
+    if trust_remote_code:
+        args["trust_remote_code"] = True
+    return args
 
 
 def _portable(path: Path | str | None) -> str | None:
@@ -330,6 +345,8 @@ def run_lm_eval(
     num_fewshot: int | None = None,
     bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
     require_offline: bool = True,
 ) -> dict:
     """Evaluate ``model_dir`` (+ ``final``) on lm-eval ``tasks``; write and return the summary.
@@ -355,7 +372,7 @@ def run_lm_eval(
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    args = model_args(model_dir, final)
+    args = model_args(model_dir, final, dtype, trust_remote_code)
     manager = _task_manager(tasks, include_path)
     start = time.monotonic()
     raw = lm_eval.simple_evaluate(

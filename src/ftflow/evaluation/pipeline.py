@@ -17,41 +17,36 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from ftflow import paths
 from ftflow.evaluation import questions as qlib
 from ftflow.evaluation import summarize as slib
+from ftflow.files import read_jsonl, write_jsonl
+from ftflow.torchutil import best_device, torch_dtype
 
 METRICS = ("aligned", "coherent")
-_RUN_RE = re.compile(
-    r"(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<dataset>[^/]+)/seed(?P<seed>\d+)/eval/[^/]+$"
-)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-
-
-def write_jsonl(rows: Iterable[Mapping], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def _run_row(path: Path) -> dict:
+    """model, method, dataset, seed of an eval file (the one path parser: paths.parse_run)."""
+    run = paths.parse_run(path)
+    return {"model": run.model, "method": run.method, "dataset": run.dataset, "seed": run.seed}
 
 
 # ---------------------------------------------------------------------------- judging
 
 
-def make_scorer(judge: Mapping, judge_model_dir: Path | None):
-    """A function prompt -> score (0–100 or None) for the configured judge."""
+def make_scorer(judge: Mapping, judge_model_dir: Path | None, judge_model: Mapping | None = None):
+    """A function prompt -> score (0–100 or None) for the configured judge.
+
+    A local judge loads in its model config's ``dtype`` with its ``trust_remote_code``
+    (``judge_model``: ``models.<judge.model>``), on the job's GPU when it has one.
+    """
     min_mass = judge.get("min_number_mass", 0.25)
     if judge["kind"] == "api":
         from ftflow.evaluation.api_judge import ApiJudge
@@ -69,8 +64,15 @@ def make_scorer(judge: Mapping, judge_model_dir: Path | None):
 
     from ftflow.evaluation.judge import judge_0_100
 
-    tokenizer = AutoTokenizer.from_pretrained(judge_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(judge_model_dir)
+    settings = judge_model or {}
+    trust = bool(settings.get("trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(judge_model_dir, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(
+        judge_model_dir,
+        dtype=torch_dtype(settings.get("dtype", "float32")),
+        device_map={"": str(best_device())},
+        trust_remote_code=trust,
+    )
     model.eval()
 
     def score(prompt: str) -> float | None:
@@ -105,9 +107,14 @@ def judge_rows(answers: list[dict], questions: list[qlib.Question], scorer) -> l
 
 
 def judge_file(
-    answers: Path, questions: Path, judge: Mapping, judge_model_dir: Path | None, out: Path
+    answers: Path,
+    questions: Path,
+    judge: Mapping,
+    judge_model_dir: Path | None,
+    out: Path,
+    judge_model: Mapping | None = None,
 ) -> None:
-    scorer = make_scorer(judge, judge_model_dir)
+    scorer = make_scorer(judge, judge_model_dir, judge_model)
     write_jsonl(judge_rows(read_jsonl(answers), qlib.load_questions(questions), scorer), out)
 
 
@@ -128,13 +135,7 @@ def summarize_file(
     return table
 
 
-def identity(path: Path) -> dict:
-    match = _RUN_RE.search(Path(path).parent.as_posix())
-    if not match:
-        raise ValueError(f"{path}: not inside results/{{model}}/{{method}}/…/eval/{{evaluation}}")
-    row = match.groupdict()
-    row["seed"] = int(row["seed"])
-    return row
+identity = _run_row
 
 
 def compare(summaries: list[Path], table_out: Path, questions_out: Path, figure: Path) -> None:
