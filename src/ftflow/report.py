@@ -6,32 +6,24 @@ Reads only ``metrics.jsonl`` files, whose location encodes the run identity
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
 
-_RUN_RE = re.compile(r"(?P<model>[^/]+)/(?P<method>[^/]+)/(?P<dataset>[^/]+)/seed(?P<seed>\d+)$")
+from ftflow import paths
+from ftflow.files import read_jsonl
 
 
 def identity(metrics: Path) -> dict:
-    """model, method, dataset, seed from a run's metrics path."""
-    match = _RUN_RE.search(Path(metrics).parent.as_posix())
-    if not match:
-        raise ValueError(
-            f"{metrics}: not inside a run directory ({{model}}/{{method}}/…/seed{{n}})"
-        )
-    out = match.groupdict()
-    out["seed"] = int(out["seed"])
-    return out
+    """model, method, dataset, seed from a run's metrics path (:func:`paths.parse_run`)."""
+    run = paths.parse_run(metrics)
+    return {"model": run.model, "method": run.method, "dataset": run.dataset, "seed": run.seed}
 
 
 def read_metrics(metrics: Path) -> pd.DataFrame:
-    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_jsonl(metrics))
 
 
 def runs_table(metrics_files: list[Path]) -> pd.DataFrame:
