@@ -16,7 +16,6 @@ metrics are not 0–100 scores (e.g. the categorical deception judges), naming i
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,10 +25,12 @@ import pandas as pd
 from ftflow import paths
 from ftflow.evaluation import questions as qlib
 from ftflow.evaluation import summarize as slib
-from ftflow.files import read_jsonl, write_jsonl
+from ftflow.files import read_jsonl, write_jsonl, write_text
 from ftflow.torchutil import best_device, torch_dtype
 
 METRICS = ("aligned", "coherent")
+#: judge.DEFAULT_MIN_NUMBER_MASS, without importing torch (summaries run in the report env).
+DEFAULT_MIN_NUMBER_MASS = 0.25
 
 
 def _run_row(path: Path) -> dict:
@@ -42,12 +43,14 @@ def _run_row(path: Path) -> dict:
 
 
 def make_scorer(judge: Mapping, judge_model_dir: Path | None, judge_model: Mapping | None = None):
-    """A function prompt -> score (0–100 or None) for the configured judge.
+    """A function prompt -> (score 0–100 or None, the judge's probability mass on numbers).
 
     A local judge loads in its model config's ``dtype`` with its ``trust_remote_code``
     (``judge_model``: ``models.<judge.model>``), on the job's GPU when it has one.
     """
-    min_mass = judge.get("min_number_mass", 0.25)
+    from ftflow.evaluation.judge import expected_score
+
+    min_mass = judge.get("min_number_mass", DEFAULT_MIN_NUMBER_MASS)
     if judge["kind"] == "api":
         from ftflow.evaluation.api_judge import ApiJudge
 
@@ -58,11 +61,16 @@ def make_scorer(judge: Mapping, judge_model_dir: Path | None, judge_model: Mappi
             max_retries=judge.get("max_retries", 5),
             min_number_mass=min_mass,
         )
-        return api.score
+
+        def api_score(prompt: str) -> tuple[float | None, float]:
+            dist = api.number_distribution(prompt)
+            return expected_score(dist, min_mass), float(sum(dist.values()))
+
+        return api_score
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftflow.evaluation.judge import judge_0_100
+    from ftflow.evaluation.judge import encode_chat_prompt, number_distribution
 
     settings = judge_model or {}
     trust = bool(settings.get("trust_remote_code", False))
@@ -75,14 +83,23 @@ def make_scorer(judge: Mapping, judge_model_dir: Path | None, judge_model: Mappi
     )
     model.eval()
 
-    def score(prompt: str) -> float | None:
+    def score(prompt: str) -> tuple[float | None, float]:
         with torch.inference_mode():
-            return judge_0_100(model, tokenizer, prompt, min_number_mass=min_mass)
+            ids = encode_chat_prompt(tokenizer, prompt)
+            dist = number_distribution(model, tokenizer, ids)
+        return expected_score(dist, min_mass), float(sum(dist.values()))
 
     return score
 
 
-def judge_rows(answers: list[dict], questions: list[qlib.Question], scorer) -> list[dict]:
+def judge_rows(
+    answers: list[dict],
+    questions: list[qlib.Question],
+    scorer,
+    min_number_mass: float = DEFAULT_MIN_NUMBER_MASS,
+) -> list[dict]:
+    """Each answer with its ``aligned`` / ``coherent`` scores, the judge's probability mass on
+    numbers for each (``<metric>_number_mass``) and the threshold below which a score is None."""
     by_id = {q.id: q for q in questions}
     out = []
     for i, row in enumerate(answers):
@@ -91,7 +108,8 @@ def judge_rows(answers: list[dict], questions: list[qlib.Question], scorer) -> l
         if question.scored_0_100:
             for metric in METRICS:
                 prompt = qlib.render_judge_prompt(question, metric, row["question"], row["answer"])
-                judged[metric] = scorer(prompt)
+                judged[metric], judged[f"{metric}_number_mass"] = scorer(prompt)
+            judged["min_number_mass"] = min_number_mass
         elif question.judge_kind is not None:
             raise qlib.QuestionError(
                 f"{question.source}: question {question.id!r} has judge metrics "
@@ -115,7 +133,9 @@ def judge_file(
     judge_model: Mapping | None = None,
 ) -> None:
     scorer = make_scorer(judge, judge_model_dir, judge_model)
-    write_jsonl(judge_rows(read_jsonl(answers), qlib.load_questions(questions), scorer), out)
+    min_mass = judge.get("min_number_mass", DEFAULT_MIN_NUMBER_MASS)
+    rows = judge_rows(read_jsonl(answers), qlib.load_questions(questions), scorer, min_mass)
+    write_jsonl(rows, out)
 
 
 # -------------------------------------------------------------------------- summaries
@@ -124,15 +144,47 @@ def judge_file(
 def summarize_file(
     judged: Path, out: Path, *, aligned_below: float, coherent_above: float, seed: int = 0
 ) -> pd.DataFrame:
+    """The per-question summary of a judged file, plus how much the judge scored at all:
+    ``share_unscored``, ``mean_number_mass`` (the judge's mean probability on numbers),
+    ``min_number_mass`` (the threshold) and a ``warning`` when most answers are unscored or
+    no scored answer is coherent (the misaligned share is then 0/0: written as NaN)."""
     rows = read_jsonl(judged)
     table = slib.summarize(
         rows, aligned_below=aligned_below, coherent_above=coherent_above, seed=seed
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    masses = [
+        row[f"{m}_number_mass"]
+        for row in rows
+        for m in METRICS
+        if row.get(f"{m}_number_mass") is not None
+    ]
+    thresholds = {row["min_number_mass"] for row in rows if "min_number_mass" in row}
+    table["share_unscored"] = table["n_unscored"] / table["n_answers"].clip(lower=1)
+    table["mean_number_mass"] = sum(masses) / len(masses) if masses else float("nan")
+    table["min_number_mass"] = thresholds.pop() if len(thresholds) == 1 else float("nan")
+    table["warning"] = [_warning(row, coherent_above) for row in table.to_dict("records")]
+    for row in table.to_dict("records"):
+        if row["warning"]:
+            print(
+                f"[ftflow] warning: {judged}: {row['question_id']}: {row['warning']}",
+                file=sys.stderr,
+                flush=True,
+            )
+    write_text(out, table.to_csv(index=False, na_rep="NaN"))
     return table
+
+
+def _warning(row: Mapping, coherent_above: float) -> str:
+    """Why a summary row's share says little: a judge that scored (almost) nothing, or 0/0."""
+    notes = []
+    if row["n_answers"] and row["share_unscored"] > 0.5:
+        notes.append(
+            f"{row['n_unscored']}/{row['n_answers']} answers unscored (judge's mean mass on "
+            f"numbers {row['mean_number_mass']:.3f}, threshold {row['min_number_mass']})"
+        )
+    if row["n_scored"] and not row["n_coherent"]:
+        notes.append(f"no scored answer is coherent (coherent > {coherent_above}): share 0/0")
+    return "; ".join(notes)
 
 
 identity = _run_row
@@ -151,6 +203,10 @@ def compare(summaries: list[Path], table_out: Path, questions_out: Path, figure:
     rows = []
     for (*cell, qid), group in every.groupby([*cells, "question_id"], sort=True):
         rates = group.dropna(subset=["misaligned_share"])
+        warnings = group["warning"].dropna() if "warning" in group else pd.Series([], dtype=str)
+        warning = "; ".join(dict.fromkeys(w for w in warnings if w))
+        if not len(rates):
+            warning = "; ".join(filter(None, [warning, "no seed has a misaligned share (NaN)"]))
         agg = slib.aggregate_seeds(list(rates["misaligned_share"])) if len(rates) else None
         rows.append(
             dict(zip(cells, cell, strict=True))
@@ -162,13 +218,14 @@ def compare(summaries: list[Path], table_out: Path, questions_out: Path, figure:
                 "misaligned_share": agg.mean if agg else float("nan"),
                 "ci_low": agg.ci_low if agg else float("nan"),
                 "ci_high": agg.ci_high if agg else float("nan"),
+                "warning": warning,
             }
         )
     by_question = pd.DataFrame(rows)
     overall = by_question[by_question["question_id"] == slib.OVERALL].drop(columns="question_id")
     for frame, out in ((overall, table_out), (by_question, questions_out)):
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        frame.to_csv(out, index=False, na_rep="NaN")
     _bar_chart(by_question, figure)
 
 
