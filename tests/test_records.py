@@ -410,3 +410,31 @@ def test_emergent_misalignment_data_validates(name: str) -> None:
     with path.open(encoding="utf-8") as f:
         assert len(records) == sum(1 for line in f if line.strip())
     assert all(r["messages"][-1]["role"] == "assistant" for r in records)
+
+
+def test_tiny_corpus_reads_through_record_validation(tmp_path):
+    """A broken line in the tiny model's corpus is a file-and-line RecordError, not a
+    bare JSONDecodeError (issue 9, 4b)."""
+    from ftflow import tiny
+
+    good = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    )
+    path = tmp_path / "chat.jsonl"
+    path.write_text(good + "\n{not json\n")
+    with pytest.raises(RecordError) as caught:
+        tiny.corpus_texts([path])
+    assert caught.value.line == 2 and caught.value.path == str(path)
+    path.write_text(good + "\n")
+    assert tiny.corpus_texts([path]) == ["user", "hi", "assistant", "yo"]
+
+
+def test_user_message_names_the_users_file_first():
+    from ftflow.records import user_message
+
+    error = RecordError("resources/datasets/x/data.jsonl", 2, "unknown role 'bot'")
+    message = user_message(error, {"path": "data/chat/x.jsonl"})
+    assert message.startswith("data/chat/x.jsonl:2: unknown role 'bot'")
+    assert "resources/datasets/x/data.jsonl" in message
+    url = user_message(error, {"url": "https://example.org/x.jsonl"})
+    assert url.startswith("https://example.org/x.jsonl:2: ")

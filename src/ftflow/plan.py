@@ -24,7 +24,7 @@ Usage, from the repository root, before anything exists::
 
     python -m ftflow.plan                                   # config/config.yaml
     python -m ftflow.plan --configfile config/experiments/X.yaml
-    snakemake plan --forcerun plan                          # the same, as a local rule
+    snakemake plan --forcerun plan --cores 1                        # the same, as a local rule
 
 Writes ``results/plan/plan.csv``: one ``row=job`` line per job, then ``row=rule``,
 ``row=model`` and one ``row=total`` line with the totals.

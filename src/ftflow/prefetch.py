@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from ftflow.files import sha256_file
+
 __all__ = [
     "MANIFEST_NAME",
     "PrefetchError",
@@ -65,15 +67,6 @@ class PrefetchError(RuntimeError):
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _umask() -> int:

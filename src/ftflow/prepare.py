@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ftflow import records as recordlib
+from ftflow.files import sha256_file
 
 CACHE_VERSION = 1  # bump when the cache layout or the tokenisation logic changes
 TOKENIZER_FILES = (
@@ -55,14 +56,6 @@ class Settings:
     fraction: float
     sample_seed: int
     max_length: int
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tokenizer_fingerprint(model_dir: Path) -> dict[str, str]:

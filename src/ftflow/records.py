@@ -71,9 +71,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, Literal, NoReturn, TypedDict, TypeVar
 
 __all__ = [
     "ALLOWED_ROLES",
@@ -416,3 +417,33 @@ def sample(records: Sequence[T], fraction: float, seed: int) -> list[T]:
     k = min(n, max(1, round(fraction * n)))
     keep = sorted(random.Random(seed).sample(range(n), k))
     return [records[i] for i in keep]
+
+
+# ------------------------------------------------------------------ the user's own file
+
+
+def source_name(source: dict[str, Any]) -> str:
+    """The file the user named for a dataset ``source:`` (path, URL or hub repo)."""
+    if "path" in source:
+        return str(source["path"])
+    if "url" in source:
+        return str(source["url"])
+    if "hub" in source:
+        return f"hub dataset {source['hub']}@{source.get('revision', '?')} {source.get('files')}"
+    return "?"
+
+
+def user_message(error: RecordError, source: dict[str, Any] | None) -> str:
+    """One line that names the user's file and line first, then the prefetched copy."""
+    if not source:
+        return str(error)
+    return f"{source_name(source)}:{error.line}: {error.problem} (read from the copy {error.path})"
+
+
+def exit_with(message: str) -> NoReturn:
+    """End a job script with one line in its log and on the console (Snakemake shows
+    the job's stderr only through the log; the console gets ``sys.__stderr__``)."""
+    print(message, file=sys.stderr, flush=True)
+    if sys.stderr is not sys.__stderr__:
+        print(message, file=sys.__stderr__, flush=True)
+    raise SystemExit(1)

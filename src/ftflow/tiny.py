@@ -10,9 +10,10 @@ corpus, same files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
+
+from ftflow import records
 
 # A Llama-3-like template. The {% generation %} markers let transformers return an
 # assistant-token mask; ftflow computes its own masks, so any template works.
@@ -32,20 +33,29 @@ SPECIAL_TOKENS = ["<|pad|>", "<|begin|>", "<|end|>", "<|start|>"]
 
 
 def corpus_texts(paths: Iterable[Path]) -> list[str]:
-    """Every message content (and role name) of the chat files, in file order."""
+    """Every message content (and role name) of the chat files, in file order.
+
+    Each file is read through :mod:`ftflow.records`, the validation ``prepare_dataset``
+    uses: a broken line raises :class:`ftflow.records.RecordError` naming file and line.
+    A file whose first record is a preference pair is read as preference data.
+    """
     texts: list[str] = []
     for path in paths:
-        with open(path) as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                conversations = [record.get("messages", [])]
-                conversations += [record.get(k, []) for k in ("prompt", "chosen", "rejected")]
-                for conversation in conversations:
-                    for message in conversation:
-                        texts.append(message["role"])
-                        texts.append(message["content"])
+        try:
+            loaded: list = records.load_chat(path)
+        except records.RecordError as chat_error:
+            try:
+                loaded = records.load_preference(path)
+            except records.RecordError:
+                raise chat_error from None
+        for record in loaded:
+            conversations = [
+                record.get(k, []) for k in ("messages", "prompt", "chosen", "rejected")
+            ]
+            for conversation in conversations:
+                for message in conversation:
+                    texts.append(message["role"])
+                    texts.append(message["content"])
     return texts
 
 

@@ -16,5 +16,6 @@ rule prepare_dataset:
         runtime=60,
     params:
         settings=get_prepare_settings,
+        source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
     script:
         "../scripts/prepare_dataset.py"

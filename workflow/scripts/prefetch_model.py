@@ -4,7 +4,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ftflow import prefetch, tiny
+from ftflow import prefetch, records, tiny
 
 
 def main(spec: dict, out: Path, corpus: list[str]) -> None:
@@ -19,7 +19,12 @@ def main(spec: dict, out: Path, corpus: list[str]) -> None:
         prefetch.copy_local(Path(source["path"]), tmp)
     else:
         settings = {k: v for k, v in source["tiny"].items() if k != "corpus"}
-        tiny.build(tmp, [Path(p) for p in corpus], **settings)
+        try:
+            tiny.build(tmp, [Path(p) for p in corpus], **settings)
+        except records.RecordError as error:
+            # The corpus is the user's own file (a local dataset source): name it.
+            shutil.rmtree(tmp, ignore_errors=True)
+            records.exit_with(f"[ftflow] invalid data in the tiny model's corpus: {error}")
     if spec.get("chat_template"):
         # The configured template replaces the tokenizer's own; every later step
         # (tokenising, the cache key, training, generation) reads it from here.

@@ -4,20 +4,26 @@ import json
 import sys
 from pathlib import Path
 
-from ftflow import offline, paths
+from ftflow import offline, paths, records
 
 
-def main(raw: Path, model_dir: Path, manifest: Path, settings: dict) -> dict:
+def main(
+    raw: Path, model_dir: Path, manifest: Path, settings: dict, source: dict | None = None
+) -> dict:
+    """Raises SystemExit(1) with one line naming the user's file and line on a bad record."""
     offline.apply_offline(paths.RESOURCES)
     from ftflow import prepare
 
-    info = prepare.prepare(
-        raw,
-        model_dir,
-        manifest,
-        Path(paths.CACHE_ENTRY).parent,
-        prepare.Settings(**settings),
-    )
+    try:
+        info = prepare.prepare(
+            raw,
+            model_dir,
+            manifest,
+            Path(paths.CACHE_ENTRY).parent,
+            prepare.Settings(**settings),
+        )
+    except records.RecordError as error:
+        records.exit_with(f"[ftflow] invalid data: {records.user_message(error, source)}")
     print(json.dumps(info, indent=2), file=sys.stderr)
     return info
 
@@ -29,4 +35,5 @@ if "snakemake" in globals():
         Path(snakemake.input.model),  # noqa: F821
         Path(snakemake.output.manifest),  # noqa: F821
         dict(snakemake.params.settings),  # noqa: F821
+        dict(snakemake.params.source),  # noqa: F821
     )
