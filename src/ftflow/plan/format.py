@@ -1,0 +1,136 @@
+"""The plan as terminal text and as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ftflow import files
+from ftflow.plan.model import CSV_COLUMNS, MAX_JOB_LINES, RUN_WILDCARDS, Plan, Total
+
+
+def _fmt_hours(hours: float) -> str:
+    return f"{hours:,.1f}"
+
+
+def _fmt_cost(value: float | None) -> str:
+    return "" if value is None else f"{value:,.2f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int]) -> list[str]:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    return [line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]]
+
+
+def format_plan(plan: Plan, max_jobs: int | None = MAX_JOB_LINES) -> str:
+    """The plan as terminal text: the jobs (when not too many), per rule, per model, total."""
+    with_cost = plan.cost_per_gpu_hour is not None
+    total = plan.total()
+    out = []
+    headline = (
+        f"ftflow plan: {total.jobs_to_run} job(s) to run, {total.jobs_done} done; "
+        f"{_fmt_hours(total.gpu_hours)} GPU-hours"
+    )
+    if with_cost:
+        headline += f", cost {_fmt_cost(plan.cost)} at {plan.cost_per_gpu_hour:g} per GPU-hour"
+    out += [headline, ""]
+
+    if max_jobs is None or len(plan.jobs) <= max_jobs:
+        rows = [
+            [
+                j.rule,
+                j.run,
+                j.status,
+                j.nodes,
+                j.gpus_per_node,
+                "-" if j.runtime_min is None else j.runtime_min,
+                _fmt_hours(j.gpu_hours) if j.counted else "-",
+            ]
+            + ([_fmt_cost(plan.cost_of(j.gpu_hours)) if j.counted else "-"] if with_cost else [])
+            for j in plan.jobs
+        ]
+        header = ["rule", "run", "status", "nodes", "gpus/node", "runtime[min]", "GPU-h"]
+        out += _table(header + (["cost"] if with_cost else []), rows, {3, 4, 5, 6, 7}) + [""]
+    else:
+        out += [f"({len(plan.jobs)} jobs: one line each in the CSV, or use --all-jobs)", ""]
+
+    def summary(title: str, totals: list[Total]) -> list[str]:
+        rows = [
+            [t.key, t.jobs_to_run, t.jobs_done, _fmt_hours(t.gpu_hours)]
+            + ([_fmt_cost(plan.cost_of(t.gpu_hours))] if with_cost else [])
+            for t in totals + [total]
+        ]
+        header = [title, "to run", "done", "GPU-h"] + (["cost"] if with_cost else [])
+        table = _table(header, rows, {1, 2, 3, 4})
+        return table[:-1] + [table[1], table[-1], ""]
+
+    out += summary("rule", plan.by_rule())
+    out += summary("model", plan.by_model())
+    return "\n".join(out).rstrip() + "\n"
+
+
+def csv_rows(plan: Plan) -> list[dict[str, Any]]:
+    def money(hours: float) -> str:
+        value = plan.cost_of(hours)
+        return "" if value is None else f"{value:.4f}"
+
+    rows = []
+    for j in plan.jobs:
+        rows.append(
+            {
+                "row": "job",
+                "rule": j.rule,
+                "run": j.run,
+                **{k: j.wildcards.get(k, "") for k in RUN_WILDCARDS},
+                "status": j.status,
+                "nodes": j.nodes,
+                "gpus_per_node": j.gpus_per_node,
+                "gpus": j.gpus,
+                "runtime_min": "" if j.runtime_min is None else j.runtime_min,
+                "retry_runtime_min": "" if j.retry_runtime_min is None else j.retry_runtime_min,
+                "gpu_hours": f"{j.gpu_hours:.4f}",
+                "cost": money(j.gpu_hours),
+                "jobs_to_run": int(j.counted),
+                "jobs_done": int(not j.counted),
+                "reason": j.reason,
+            }
+        )
+    summaries = (
+        [("rule", {"rule": t.key}, t) for t in plan.by_rule()]
+        + [("model", {"model": "" if t.key == "-" else t.key}, t) for t in plan.by_model()]
+        + [("total", {}, plan.total())]
+    )
+    for kind, keys, t in summaries:
+        rows.append(
+            {
+                "row": kind,
+                **keys,
+                "gpu_hours": f"{t.gpu_hours:.4f}",
+                "cost": money(t.gpu_hours),
+                "jobs_to_run": t.jobs_to_run,
+                "jobs_done": t.jobs_done,
+            }
+        )
+    return rows
+
+
+def write_csv(plan: Plan, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(plan))
+    files.write_text(path, buffer.getvalue())
+    return path

@@ -1,0 +1,227 @@
+"""Plan types, resource reading and :func:`plan_jobs` (no Snakemake import)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftflow import paths
+
+PLAN_CSV = paths.RESULTS / "plan" / "plan.csv"
+COST_KEY = "plan_cost_per_gpu_hour"
+TRAINING_RULES = frozenset({"train"})  # resources from config["methods"][m]["resources"]
+SKIPPED_RULES = frozenset({"plan"})  # the plan never plans itself
+RUN_WILDCARDS = ("model", "method", "dataset", "seed")
+MAX_JOB_LINES = 60  # terminal: list single jobs up to this many, summaries always
+
+CSV_COLUMNS = (
+    "row",
+    "rule",
+    "run",
+    "model",
+    "method",
+    "dataset",
+    "seed",
+    "status",
+    "nodes",
+    "gpus_per_node",
+    "gpus",
+    "runtime_min",
+    "retry_runtime_min",
+    "gpu_hours",
+    "cost",
+    "jobs_to_run",
+    "jobs_done",
+    "reason",
+)
+
+
+class PlanError(RuntimeError):
+    """The workflow could not be planned (invalid config, missing input, …)."""
+
+
+@dataclass(frozen=True)
+class DagJob:
+    """What Snakemake says about one job of the DAG (plain data, no Snakemake objects)."""
+
+    rule: str
+    wildcards: Mapping[str, str]
+    needrun: bool
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    rule: str
+    wildcards: Mapping[str, str]
+    status: str  # "run" | "done"
+    nodes: int
+    gpus_per_node: int
+    runtime_min: int | None
+    retry_runtime_min: int | None = None
+    reason: str = ""
+
+    @property
+    def run(self) -> str:
+        """The run identity: ``model/method/dataset/seed<seed>``, else the wildcard values."""
+        w = self.wildcards
+        if all(k in w for k in RUN_WILDCARDS):
+            return f"{w['model']}/{w['method']}/{w['dataset']}/seed{w['seed']}"
+        return "/".join(str(v) for v in w.values()) or "-"
+
+    @property
+    def model(self) -> str:
+        return str(self.wildcards.get("model", ""))
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def counted(self) -> bool:
+        return self.status == "run"
+
+    @property
+    def gpu_hours(self) -> float:
+        """Reserved GPU-hours of the first attempt; 0 for a done job."""
+        if not self.counted or not self.runtime_min:
+            return 0.0
+        return self.gpus * self.runtime_min / 60
+
+
+@dataclass(frozen=True)
+class Total:
+    key: str
+    jobs_to_run: int
+    jobs_done: int
+    gpu_hours: float
+
+
+@dataclass
+class Plan:
+    jobs: list[PlannedJob]
+    cost_per_gpu_hour: float | None = None
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(j.gpu_hours for j in self.jobs)
+
+    @property
+    def cost(self) -> float | None:
+        return self.cost_of(self.gpu_hours)
+
+    def cost_of(self, gpu_hours: float) -> float | None:
+        if self.cost_per_gpu_hour is None:
+            return None
+        return gpu_hours * self.cost_per_gpu_hour
+
+    def _totals(self, key) -> list[Total]:
+        groups: dict[str, list[PlannedJob]] = {}
+        for job in self.jobs:
+            groups.setdefault(key(job), []).append(job)
+        return [
+            Total(
+                name,
+                sum(j.counted for j in jobs),
+                sum(not j.counted for j in jobs),
+                sum(j.gpu_hours for j in jobs),
+            )
+            for name, jobs in groups.items()
+        ]
+
+    def by_rule(self) -> list[Total]:
+        """Per rule, in pipeline order (the order the jobs are listed)."""
+        return self._totals(lambda j: j.rule)
+
+    def by_model(self) -> list[Total]:
+        """Per model; jobs without a model (datasets, the report) under ``-``."""
+        return sorted(self._totals(lambda j: j.model or "-"), key=lambda t: (t.key == "-", t.key))
+
+    def total(self) -> Total:
+        return Total(
+            "total",
+            sum(j.counted for j in self.jobs),
+            sum(not j.counted for j in self.jobs),
+            self.gpu_hours,
+        )
+
+
+# ------------------------------------------------------------------------- resources
+
+
+def _int(value: Any, default: int | None = 0) -> int | None:
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return default
+
+
+def _gres_gpus(gres: Any) -> int:
+    """GPUs per node from a SLURM gres string: ``gpu:4`` or ``gpu:a100:4`` (``gpu`` = 1)."""
+    for part in str(gres or "").split(","):
+        spec = part.strip().split(":")
+        if spec[0] == "gpu":
+            return _int(spec[-1], 1) if len(spec) > 1 else 1
+    return 0
+
+
+def declared_resources(resources: Mapping[str, Any]) -> tuple[int, int, int | None]:
+    """(nodes, GPUs per node, runtime minutes) of a rule's evaluated resources."""
+    nodes = max(_int(resources.get("nodes"), 1) or 1, 1)
+    total_gpus = _int(resources.get("gpu"), 0) or 0  # SLURM --gpus: the whole job
+    per_node = math.ceil(total_gpus / nodes) if total_gpus else _gres_gpus(resources.get("gres"))
+    return nodes, per_node, _int(resources.get("runtime"), None)
+
+
+def training_resources(
+    method: Mapping[str, Any],
+) -> tuple[int, int, int | None, int | None]:
+    """(nodes, GPUs per node, runtime, retry runtime) of a method, schema defaults applied."""
+    res = method.get("resources") or {}
+    runtime = _int(res.get("runtime", 60), None)
+    return (
+        _int(res.get("nodes", 1), 1) or 1,
+        _int(res.get("gpus_per_node", 0), 0) or 0,
+        runtime,
+        _int(res.get("retry_runtime", runtime), None),
+    )
+
+
+def plan_jobs(
+    dag_jobs: Iterable[DagJob], config: Mapping[str, Any], cost: float | None = None
+) -> Plan:
+    """Turn the DAG's jobs into a plan: resources, status and totals."""
+    methods = config.get("methods") or {}
+    planned = []
+    for job in dag_jobs:
+        if job.rule in SKIPPED_RULES:
+            continue
+        retry = None
+        method = methods.get(job.wildcards.get("method", ""))
+        if job.rule in TRAINING_RULES and method is not None:
+            nodes, per_node, runtime, retry = training_resources(method)
+        else:
+            nodes, per_node, runtime = declared_resources(job.resources)
+        planned.append(
+            PlannedJob(
+                rule=job.rule,
+                wildcards=dict(job.wildcards),
+                status="run" if job.needrun else "done",
+                nodes=nodes,
+                gpus_per_node=per_node,
+                runtime_min=runtime,
+                retry_runtime_min=retry,
+                reason=job.reason if job.needrun else "",
+            )
+        )
+    if cost is None:
+        cost = config.get(COST_KEY)
+    return Plan(planned, None if cost is None else float(cost))
