@@ -6,13 +6,15 @@ Usage from a Snakemake ``script:`` (or ``python -m ftflow.evaluation.generate --
     main(model_dir, final, questions_file, out, seed=0, max_new_tokens=600, batch_size=16,
          samples_override=None)
 
-**Loading** (:func:`load_for_generation`). The base model comes from ``model_dir``
+**Loading** (:func:`load_for_generation`, in :mod:`ftflow.evaluation.loading`). The base
+model comes from ``model_dir``
 (``resources/models/{model}``). ``final`` (a run's ``final/``) may hold a full model, which is
 then loaded instead, or a PEFT adapter (``adapter_config.json``), which is applied on top of the
 base with ``PeftModel.from_pretrained`` — not merged, and nothing is written to disk. The
 tokenizer comes from ``final`` when it has one, else from ``model_dir``.
 
-**Sampling** (:func:`generate_answers`). Every question × paraphrase × sample
+**Sampling** (:func:`generate_answers`; the decoding loop :func:`sample_batch` is in
+:mod:`ftflow.evaluation.sampling`). Every question × paraphrase × sample
 (:func:`~ftflow.evaluation.questions.build_prompts`, so the question's ``system`` prompt is the
 first message) is rendered with the tokenizer's chat template plus the generation prompt and
 answered by a small decoding loop of our own over the model's KV cache (not ``model.generate``,
@@ -60,22 +62,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
-import math
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from ftflow import files
-from ftflow import final as finallib
+from ftflow.evaluation.loading import GenerationError, load_for_generation
 from ftflow.evaluation.questions import PromptSpec, Question, build_prompts, load_questions
-from ftflow.torchutil import DTYPE_NAMES, best_device, model_device, torch_dtype
+from ftflow.evaluation.sampling import _stop_ids, sample_batch
+from ftflow.torchutil import DTYPE_NAMES
 
 #: keys of every output row, in order.
 ROW_KEYS = (
@@ -94,71 +92,6 @@ ROW_KEYS = (
 DEFAULT_PROGRESS_EVERY = 10
 
 Progress = Callable[[str], Any] | TextIO | None
-
-
-class GenerationError(RuntimeError):
-    """The model or adapter cannot be used for generation."""
-
-
-# -------------------------------------------------------------------------------- loading
-
-
-def load_for_generation(
-    model_dir: str | Path,
-    final: str | Path | None = None,
-    dtype: str | torch.dtype = "float32",
-    *,
-    device: str | torch.device | None = None,
-    trust_remote_code: bool = False,
-):
-    """``(model, tokenizer)`` ready for :func:`generate_answers`; the model is in eval mode.
-
-    - ``final`` is ``None``: the base model in ``model_dir``;
-    - ``final`` holds a full model (``config.json``): that model;
-    - ``final`` holds a PEFT adapter (``adapter_config.json``): the base from ``model_dir`` with
-      the adapter applied by ``PeftModel.from_pretrained`` (not merged; nothing is written).
-      The adapter's ``base_model_name_or_path`` is the run's model *name*; a warning is given
-      when it is not the name of ``model_dir``.
-
-    The tokenizer comes from ``final`` when it holds one, else from ``model_dir``; its padding
-    side is set to left and, if it has no pad token, the EOS token pads. ``device`` defaults to
-    ``cuda`` when available, else ``cpu``.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        found = finallib.read(model_dir, final)
-    except finallib.FinalModelError as error:
-        raise GenerationError(str(error)) from None
-    device = device or best_device()
-    model = AutoModelForCausalLM.from_pretrained(
-        found.weights,
-        dtype=torch_dtype(dtype),
-        device_map={"": str(device)},
-        trust_remote_code=trust_remote_code,
-    )
-    if found.is_adapter:
-        from peft import PeftModel
-
-        if found.base_name and Path(str(found.base_name)).name != Path(model_dir).name:
-            warnings.warn(
-                f"{final}: the adapter was trained on {found.base_name!r}, but the base model "
-                f"is loaded from {model_dir}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        model = PeftModel.from_pretrained(model, found.adapter, is_trainable=False)
-    model.eval()
-
-    tokenizer = AutoTokenizer.from_pretrained(found.tokenizer, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise GenerationError(
-                f"{found.tokenizer}: the tokenizer has neither a pad nor an EOS token"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
@@ -318,132 +251,6 @@ def generate_answers(
     order = {q.id: i for i, q in enumerate(questions)}
     rows.sort(key=lambda row: _row_order(row, order))
     return rows
-
-
-@torch.inference_mode()
-def sample_batch(
-    model,
-    prompts: Sequence[Sequence[int]],
-    *,
-    temperature: float,
-    seeds: Sequence[int],
-    max_new_tokens: int,
-    pad_id: int,
-    stop_ids: Iterable[int],
-    vocab_size: int | None = None,
-) -> list[tuple[list[int], str]]:
-    """Decode one batch: ``(generated ids, finish reason)`` per prompt.
-
-    Row ``i`` samples with the uniforms of ``torch.Generator().manual_seed(seeds[i])``, one per
-    step (inverse-CDF sampling of ``softmax(logits / temperature)``); ``temperature == 0`` is
-    greedy and draws nothing. The ids end with the stop token when the reason is ``"stop"``.
-    ``vocab_size`` (``len(tokenizer)``) excludes the embedding's padding ids from sampling.
-    """
-    if len(prompts) != len(seeds):
-        raise ValueError("one seed per prompt is needed")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    device = model_device(model)
-    n = len(prompts)
-    width = max(len(p) for p in prompts)
-    if min(len(p) for p in prompts) == 0:
-        raise ValueError("empty prompt")
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, ids in enumerate(prompts):
-        input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        mask[i, width - len(ids) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    uniforms = None
-    if temperature > 0:
-        uniforms = torch.stack(
-            [
-                torch.rand(max_new_tokens, generator=_generator(s), dtype=torch.float64)
-                for s in seeds
-            ]
-        ).to(device)
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    generated: list[torch.Tensor] = []
-    past = None
-    step_ids, step_pos = input_ids, position_ids
-    for t in range(max_new_tokens):
-        out = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=step_pos,
-            past_key_values=past,
-            use_cache=True,
-            **extra,
-        )
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]
-        if vocab_size is not None and vocab_size < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, vocab_size:] = -math.inf
-        token = _choose(logits, temperature, None if uniforms is None else uniforms[:, t])
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        generated.append(token)
-        finished |= torch.isin(token, stop)
-        if bool(finished.all()):
-            break
-        step_ids = token[:, None]
-        step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
-
-    steps = torch.stack(generated, dim=1).tolist()
-    stop_set = set(stop.tolist())
-    results = []
-    for row in steps:
-        for k, tok in enumerate(row):
-            if tok in stop_set:
-                results.append((row[: k + 1], "stop"))
-                break
-        else:
-            results.append((row, "length"))
-    return results
-
-
-def _choose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) -> torch.Tensor:
-    """Greedy (``u is None``) or inverse-CDF sampling with one uniform per row."""
-    if u is None:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
-    cdf = probs.cumsum(dim=-1)
-    target = (u * cdf[:, -1]).unsqueeze(-1)
-    # the first token whose cumulative probability exceeds the target (never a 0-prob token)
-    index = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    return index.clamp(max=logits.shape[-1] - 1)
-
-
-def _generator(seed: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
-
-
-def _stop_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is not None:
-        ids.update(int(i) for i in (eos if isinstance(eos, list | tuple) else [eos]))
-    if not ids:
-        raise GenerationError("neither the tokenizer nor the model names an EOS token")
-    return ids
-
-
-def _accepts(model, name: str) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return name in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _progress_writer(progress: Progress) -> Callable[[str], None]:
