@@ -8,6 +8,7 @@ variables set and finds everything in resources/.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,55 @@ def test_missing_local_source_is_a_clear_error(tmp_path: Path):
     proc = snakemake(work, "--cores", "1", "-n", check=False)
     assert proc.returncode != 0
     assert "data/chat/secure_code.jsonl" in proc.stderr + proc.stdout
+
+
+def test_a_missing_file_named_by_the_config_is_an_error_before_any_job(tmp_path):
+    """Issue 9, 4d: a typo in ``questions:`` must not leave old results standing behind
+    "Nothing to be done": a real run refuses, naming the key; a dry run only warns."""
+    import subprocess
+
+    from ftflow import datafiles
+
+    repo = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "clone"
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in tracked:
+        if (repo / rel).is_file():
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / rel, clone / rel)
+    for rel in ("src/ftflow/datafiles.py", "workflow/rules/common.smk"):
+        shutil.copy2(repo / rel, clone / rel)
+    cfg = clone / "config" / "config.yaml"
+    text = cfg.read_text()
+    assert "questions: data/questions/demo_questions.yaml" in text
+    cfg.write_text(text.replace("data/questions/demo_questions.yaml", "data/questions/typo.yaml"))
+    env = {k: v for k, v in os.environ.items() if k != datafiles.PLANNING_ENV}
+    dry = subprocess.run(
+        ["snakemake", "-n"], cwd=clone, capture_output=True, text=True, env=env, timeout=300
+    )
+    # Planning warns first (it still stops at Snakemake's own MissingInputException for
+    # the questions file: the input functions do not yet drop a missing file).
+    assert "warning: evaluations.em_demo.questions: data/questions/typo.yaml" in dry.stderr
+    real = subprocess.run(
+        ["snakemake", "--cores", "1"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert real.returncode != 0
+    assert "evaluations.em_demo.questions: data/questions/typo.yaml does not exist" in real.stderr
+    assert not (clone / "resources").exists()  # no job ran
+
+
+def test_is_planning_reads_the_snakemake_flags():
+    from ftflow.datafiles import is_planning
+
+    assert is_planning(["snakemake", "-n"], {})
+    assert is_planning(["snakemake", "-np"], {})
+    assert is_planning(["snakemake", "--dag"], {})
+    assert is_planning(["snakemake", "--cores", "1"], {"FTFLOW_PLANNING": "1"})
+    assert not is_planning(["snakemake", "--cores", "2"], {})

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def matching(root: Path, patterns: Sequence[str]) -> list[Path]:
@@ -45,3 +46,58 @@ def export_jsonl(files: Sequence[Path], out: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return count
+
+
+# ------------------------------------------------------------- files the config names
+
+PLANNING_ENV = "FTFLOW_PLANNING"  # set by ftflow.plan: the DAG is built, nothing runs
+PLANNING_FLAGS = frozenset(
+    {"-n", "--dry-run", "--dryrun", "--dag", "--rulegraph", "--filegraph", "--d3dag"}
+)
+
+
+def config_files(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(config key, path)`` of every local file or folder the config names."""
+    found = []
+    for name, model in (config.get("models") or {}).items():
+        if model.get("chat_template"):
+            found.append((f"models.{name}.chat_template", model["chat_template"]))
+        if "path" in (model.get("source") or {}):
+            found.append((f"models.{name}.source.path", model["source"]["path"]))
+    for name, dataset in (config.get("datasets") or {}).items():
+        if "path" in (dataset.get("source") or {}):
+            found.append((f"datasets.{name}.source.path", dataset["source"]["path"]))
+    for name, evaluation in (config.get("evaluations") or {}).items():
+        for key in ("questions", "include_path"):
+            if evaluation.get(key):
+                found.append((f"evaluations.{name}.{key}", evaluation[key]))
+    return [(key, str(path)) for key, path in found]
+
+
+def is_planning(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """True for ``snakemake -n/--dag/--rulegraph`` and ``python -m ftflow.plan``."""
+    if environ.get(PLANNING_ENV):
+        return True
+    short = [a for a in argv if a.startswith("-") and not a.startswith("--")]
+    return bool(PLANNING_FLAGS & set(argv)) or any("n" in a[1:] and a[1:].isalpha() for a in short)
+
+
+def check_config_files(config: Mapping[str, Any], planning: bool) -> list[str]:
+    """Refuse a config that names a missing file, before any job runs.
+
+    Snakemake treats existing outputs whose inputs are missing as given, so a typo in a
+    path would otherwise leave the old results standing ("Nothing to be done"). While
+    planning or drawing (``planning``) the problems are returned as warnings instead.
+    Raises ``FileNotFoundError`` naming every key and path.
+    """
+    problems = [
+        f"{key}: {path} does not exist"
+        for key, path in config_files(config)
+        if not Path(path).exists()
+    ]
+    if problems and not planning:
+        raise FileNotFoundError(
+            "the config names files that do not exist (fix the key or create the file):\n  "
+            + "\n  ".join(problems)
+        )
+    return problems

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from ftflow import backends, checkout, paths  # noqa: E402
+from ftflow import backends, checkout, datafiles, paths  # noqa: E402
 from ftflow import config as ftconfig  # noqa: E402
 from ftflow import launch  # noqa: E402
 
@@ -23,6 +23,13 @@ try:
 except ftconfig.ConfigError as error:
     raise ValueError(f"invalid config: {error}") from None
 validate(config, "../schemas/config.schema.yaml")
+
+# A file the config names must exist before any job runs; planning and drawing
+# (-n, --dag, --rulegraph, python -m ftflow.plan) only warn (ftflow.datafiles).
+for _problem in datafiles.check_config_files(
+    config, datafiles.is_planning(sys.argv, os.environ)
+):
+    print(f"[ftflow] warning: {_problem}", file=sys.stderr)
 
 RUNS = ftconfig.runs(config)
 CELLS = list(ftconfig.iter_cells(config))

@@ -44,6 +44,20 @@ def dag_jobs(
     ``config`` / ``configfiles`` / ``replace_config`` mean what ``--config`` /
     ``--configfile`` / ``--replace-workflow-config`` mean on the command line.
     """
+
+    snakefile = Path(snakefile) if snakefile else _default_snakefile(workdir)
+    before = os.environ.get("FTFLOW_PLANNING")
+    os.environ["FTFLOW_PLANNING"] = "1"  # the config's missing files only warn
+    try:
+        return _build(snakefile, workdir, configfiles, config, replace_config, targets)
+    finally:
+        if before is None:
+            os.environ.pop("FTFLOW_PLANNING", None)
+        else:
+            os.environ["FTFLOW_PLANNING"] = before
+
+
+def _build(snakefile, workdir, configfiles, config, replace_config, targets):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import (
@@ -53,7 +67,6 @@ def dag_jobs(
         ResourceSettings,
     )
 
-    snakefile = Path(snakefile) if snakefile else _default_snakefile(workdir)
     output = OutputSettings(quiet={Quietness.ALL}, enable_file_logging=False)
     try:
         with SnakemakeApi(output) as api:
