@@ -148,3 +148,17 @@ def test_is_planning_reads_the_snakemake_flags():
     assert is_planning(["snakemake", "--dag"], {})
     assert is_planning(["snakemake", "--cores", "1"], {"FTFLOW_PLANNING": "1"})
     assert not is_planning(["snakemake", "--cores", "2"], {})
+
+
+def test_a_broken_line_is_named_in_the_users_file_on_the_console(workdir):
+    """Issue 9, 4b/4c: a broken line gives one message naming the user's own file and
+    line, on the console (not only ``CalledProcessError … check log``)."""
+    data = workdir / "data" / "chat" / "insecure_code.jsonl"
+    lines = data.read_text().split("\n")
+    lines[1] = '{"messages": [{"role": "bot", "content": "x"}]}'
+    data.write_text("\n".join(lines))
+    done = snakemake(workdir, "--cores", "1", check=False)
+    assert done.returncode != 0
+    shown = done.stdout + done.stderr
+    assert "data/chat/insecure_code.jsonl:2: unknown role 'bot'" in shown, shown[-3000:]
+    assert "JSONDecodeError" not in shown
