@@ -30,6 +30,7 @@ BENCHMARKS = {
     "prepare": ("bench_prepare.py", ["--repeats", "7"]),
     "prepare16": ("bench_prepare.py", ["--repeats", "5", "--scale", "16"]),
     "generate": ("bench_generate.py", ["--repeats", "9"]),
+    "judge": ("bench_judge.py", ["--repeats", "5"]),
 }
 
 
@@ -69,6 +70,13 @@ def summary_line(name: str, r: dict) -> str:
             f"batch 1 {r['unbatched_answers_per_s']:.1f} answers/s = "
             f"{r['speedup_wall']:.2f}x wall, {r['speedup_cpu']:.2f}x cpu, {same} "
             f"({r['answers']} answers, target: {r['target']})"
+        )
+    if "together_prompts_per_s" in r:
+        return (
+            f"{name:<10} batch {r['batch_size']} {r['together_prompts_per_s']:.1f} prompts/s / "
+            f"batch 1 {r['alone_prompts_per_s']:.1f} prompts/s = {r['speedup_wall']:.2f}x wall, "
+            f"largest score difference {r['max_score_difference']:.1e} "
+            f"({r['prompts']} judge prompts, target: {r['target']})"
         )
     if "speedup_wall" in r:
         return (

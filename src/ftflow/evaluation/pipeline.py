@@ -83,10 +83,12 @@ def make_scorer(judge: Mapping, judge_model_dir: Path | None, judge_model: Mappi
     )
     model.eval()
 
+    batch_size = judge.get("batch_size", 64)  # candidate numbers per forward pass
+
     def score(prompt: str) -> tuple[float | None, float]:
         with torch.inference_mode():
             ids = encode_chat_prompt(tokenizer, prompt)
-            dist = number_distribution(model, tokenizer, ids)
+            dist = number_distribution(model, tokenizer, ids, batch_size=batch_size)
         return expected_score(dist, min_mass), float(sum(dist.values()))
 
     return score
