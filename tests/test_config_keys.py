@@ -13,6 +13,7 @@ is listed in :data:`ELSEWHERE` with the test that shows its effect.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,15 @@ def _candidates(current: Any, node: dict, name: str) -> list[Any]:
 
 def _signature(config: dict, workdir: Path) -> dict:
     """What every job of the DAG does: params, resources, inputs, command, backend settings."""
+    saved = dict(os.environ)  # the Snakefile exports the job environment (ftflow.checkout)
+    try:
+        return _build_signature(config, workdir)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _build_signature(config: dict, workdir: Path) -> dict:
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import (

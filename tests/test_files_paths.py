@@ -112,6 +112,8 @@ def test_jobs_run_the_code_of_the_checkout_that_runs_snakemake(tmp_path: Path):
     ]
     write_config(clone, config)
     run = paths.RunPaths.of("tiny", "sft", "secure_code", 1)
-    snakemake(clone, str(run.final), "--cores", "1")
+    # a value inherited from another workflow's Snakemake does not decide for this one
+    inherited = {"FTFLOW_CODE": str(REPO / "src" / "ftflow")}
+    snakemake(clone, str(run.final), "--cores", "1", env=inherited)
     log = (clone / run.log("train")).read_text()
     assert f"[ftflow] code: {(clone / 'src' / 'ftflow').resolve()}" in log, log[:2000]

@@ -8,6 +8,9 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# This Snakefile decides which ftflow its jobs run (below); a value inherited from the
+# shell (e.g. from another workflow's Snakemake) must not veto its own import.
+os.environ.pop("FTFLOW_CODE", None)
 
 from ftflow import backends, checkout, datafiles, paths  # noqa: E402
 from ftflow import config as ftconfig  # noqa: E402
