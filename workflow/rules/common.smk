@@ -186,6 +186,18 @@ def get_questions_file(wildcards):
     return _evaluation(wildcards)["questions"]
 
 
+def get_model_settings(wildcards):
+    """How the run's model loads for evaluation: its config's dtype and remote code."""
+    model = config["models"][wildcards.model]
+    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
+
+
+def get_judge_settings(wildcards):
+    """How the local judge loads: its own model config's dtype and remote code."""
+    model = config["models"][_evaluation(wildcards)["judge"]["model"]]
+    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
+
+
 def get_judge_model(wildcards):
     return str(paths.model_dir(_evaluation(wildcards)["judge"]["model"]))
 

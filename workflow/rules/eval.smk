@@ -2,18 +2,6 @@
 # summarize per run, compare across runs. lm-evaluation-harness runs as its own kind.
 
 
-def get_model_settings(wildcards):
-    """How the run's model loads for evaluation: its config's dtype and remote code."""
-    model = config["models"][wildcards.model]
-    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
-
-
-def get_judge_settings(wildcards):
-    """How the local judge loads: its own model config's dtype and remote code."""
-    model = config["models"][_evaluation(wildcards)["judge"]["model"]]
-    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
-
-
 rule generate_answers:
     input:
         model=rules.prefetch_model.output.model,
