@@ -69,7 +69,7 @@ class PlannedJob:
         """The run identity: ``model/method/dataset/seed<seed>``, else the wildcard values."""
         w = self.wildcards
         if all(k in w for k in RUN_WILDCARDS):
-            return f"{w['model']}/{w['method']}/{w['dataset']}/seed{w['seed']}"
+            return str(paths.Run(w["model"], w["method"], w["dataset"], int(w["seed"])))
         return "/".join(str(v) for v in w.values()) or "-"
 
     @property
