@@ -62,6 +62,10 @@ def load_default_config() -> dict:
 def _restore_environment():
     """Tests that call job code in-process (which sets the offline variables) must not
     leak that environment into later tests' subprocesses."""
+    # Building a DAG in-process exports the job environment (ftflow.checkout): a test
+    # starts from the shell's, as a user's command would.
+    for name in ("FTFLOW_CODE", "FTFLOW_PLANNING"):
+        os.environ.pop(name, None)
     saved = dict(os.environ)
     yield
     os.environ.clear()

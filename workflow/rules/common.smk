@@ -33,6 +33,15 @@ for _problem in datafiles.check_config_files(
     config, datafiles.is_planning(sys.argv, os.environ)
 ):
     print(f"[ftflow] warning: {_problem}", file=sys.stderr)
+# Only while planning can a named file be missing: the DAG is still drawn without it.
+MISSING_FILES = {
+    path for _key, path in datafiles.config_files(config) if not Path(path).exists()
+}
+
+
+def _present(files):
+    return [f for f in files if f not in MISSING_FILES]
+
 
 RUNS = ftconfig.runs(config)
 CELLS = list(ftconfig.iter_cells(config))
@@ -71,12 +80,12 @@ def get_model_source(wildcards):
         files += [
             config["datasets"][d]["source"]["path"] for d in source["tiny"]["corpus"]
         ]
-    return files
+    return _present(files)
 
 
 def get_dataset_source(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
-    return [source["path"]] if "path" in source else []
+    return _present([source["path"]] if "path" in source else [])
 
 
 def get_prepare_settings(wildcards):
@@ -183,7 +192,8 @@ def get_eval_final(wildcards):
 
 
 def get_questions_file(wildcards):
-    return _evaluation(wildcards)["questions"]
+    path = _evaluation(wildcards)["questions"]
+    return [] if path in MISSING_FILES else path
 
 
 def get_model_settings(wildcards):
