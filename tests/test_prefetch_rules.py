@@ -124,9 +124,9 @@ def test_a_missing_file_named_by_the_config_is_an_error_before_any_job(tmp_path)
     dry = subprocess.run(
         ["snakemake", "-n"], cwd=clone, capture_output=True, text=True, env=env, timeout=300
     )
-    # Planning warns first (it still stops at Snakemake's own MissingInputException for
-    # the questions file: the input functions do not yet drop a missing file).
+    # Planning warns, and still plans: the input functions leave the missing file out.
     assert "warning: evaluations.em_demo.questions: data/questions/typo.yaml" in dry.stderr
+    assert dry.returncode == 0, dry.stderr[-3000:]
     real = subprocess.run(
         ["snakemake", "--cores", "1"],
         cwd=clone,
@@ -162,3 +162,20 @@ def test_a_broken_line_is_named_in_the_users_file_on_the_console(workdir):
     shown = done.stdout + done.stderr
     assert "data/chat/insecure_code.jsonl:2: unknown role 'bot'" in shown, shown[-3000:]
     assert "JSONDecodeError" not in shown
+
+
+@pytest.mark.slow
+def test_a_typo_in_a_finished_workspace_is_refused_not_nothing_to_be_done(finished_copy):
+    """Where Snakemake alone answers "Nothing to be done" (existing outputs, missing input),
+    the run names the key; the old evaluation stays, untouched, and nothing runs."""
+    cfg = finished_copy / "config" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("data/questions/demo_questions.yaml", "data/q.yaml"))
+    judged = next((finished_copy / "results").rglob("eval/em_demo/judged.jsonl"))
+    before = judged.stat().st_mtime_ns
+    real = snakemake(finished_copy, "--cores", "1", check=False)
+    assert real.returncode != 0
+    assert "evaluations.em_demo.questions: data/q.yaml does not exist" in real.stderr
+    dry = snakemake(finished_copy, "-n", "--cores", "1", check=False)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "warning: evaluations.em_demo.questions: data/q.yaml" in dry.stderr
+    assert judged.stat().st_mtime_ns == before
