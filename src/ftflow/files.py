@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -92,13 +93,15 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
 
 
 def replace_dir(staged: Path, dest: Path) -> None:
-    """Move ``staged`` to ``dest``, replacing an old ``dest`` (``os.replace`` cannot
-    replace a non-empty directory, so the old one is first moved aside)."""
+    """Move ``staged`` to ``dest``, replacing whatever was there (folder, file or link).
+
+    ``os.replace`` cannot replace a non-empty directory, so an old ``dest`` is first moved
+    into a fresh temporary folder beside it and deleted once the new one is in place.
+    """
     old = None
-    if dest.exists():
-        old = dest.with_name(dest.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
+    if dest.exists() or dest.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        os.replace(dest, old / "x")
     os.replace(staged, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

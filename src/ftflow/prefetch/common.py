@@ -65,18 +65,3 @@ def _staging_dir(dest: Path) -> Iterator[Path]:
         yield tmp
     finally:
         _remove(tmp)
-
-
-def _install_dir(staged: Path, dest: Path) -> None:
-    """Move a finished directory to ``dest``, replacing whatever was there.
-
-    ``os.replace`` cannot replace a non-empty directory, so an old ``dest`` is first renamed
-    aside and deleted once the new one is in place.
-    """
-    old: Path | None = None
-    if dest.exists() or dest.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-        os.replace(dest, old / "x")
-    os.replace(staged, dest)
-    if old is not None:
-        _remove(old)

@@ -10,14 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from ftflow.files import sha256_file
+from ftflow.files import replace_dir, sha256_file
 from ftflow.prefetch.common import (
     _CHUNK,
     _COMMIT_RE,
     MANIFEST_NAME,
     PrefetchError,
     _chmod_default,
-    _install_dir,
     _redact,
     _remove,
     _staging_dir,
@@ -223,6 +222,6 @@ def fetch_hub(
         }
         (staged / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _chmod_default(staged, directory=True)
-        _install_dir(staged, dest)
+        replace_dir(staged, dest)
     log.info("fetched %s -> %s (%d files)", what, dest, len(files))
     return dest

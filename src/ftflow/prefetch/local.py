@@ -11,13 +11,12 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ftflow.files import sha256_file
+from ftflow.files import replace_dir, sha256_file
 from ftflow.prefetch.common import (
     _CHUNK,
     _SHA256_RE,
     PrefetchError,
     _chmod_default,
-    _install_dir,
     _redact,
     _staging_dir,
     log,
@@ -112,7 +111,7 @@ def copy_local(src: Path, dest: Path) -> Path:
         if src.is_dir():
             with _staging_dir(dest) as staged:
                 shutil.copytree(src, staged, dirs_exist_ok=True)
-                _install_dir(staged, dest)
+                replace_dir(staged, dest)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.is_dir() and not dest.is_symlink():
