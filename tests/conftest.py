@@ -48,6 +48,56 @@ def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = 
     return proc
 
 
+def trainers_in(workdir: Path) -> list[int]:
+    """PIDs of ``ftflow.train`` processes whose working directory is ``workdir``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"ftflow.train" in cmdline and (proc / "cwd").resolve() == workdir.resolve():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def kill_mid_run(workdir: Path, final: Path, after_step: int, cores: str = "1") -> int:
+    """Build ``final`` through Snakemake and SIGKILL the whole job (Snakemake, launcher,
+    every worker) once a checkpoint at or after ``after_step`` is complete; unlock as
+    after a power loss; return the newest complete checkpoint's step. Asserts that no
+    training process outlives the kill (torchrun's workers run in sessions of their own).
+    """
+    import signal
+    import time
+
+    from ftflow.checkpoints import complete_checkpoints, step
+
+    checkpoints = workdir / final.parent / "checkpoints"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", str(final), "--cores", cores],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        done = complete_checkpoints(checkpoints)
+        if done and step(done[-1]) >= after_step:
+            break
+        assert proc.poll() is None, "training finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while trainers_in(workdir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not trainers_in(workdir), "training processes survived the kill of their job"
+    assert not (workdir / final).exists()
+    snakemake(workdir, "--unlock")
+    return step(complete_checkpoints(checkpoints)[-1])
+
+
 def write_config(workdir: Path, config: dict, name: str = "config/config.yaml") -> Path:
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

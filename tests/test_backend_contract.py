@@ -39,17 +39,26 @@ def backend(request) -> str:
 @pytest.mark.parametrize("name", BACKENDS)
 def test_launch_names_its_module_environment_and_files(name: str):
     b = backends.get(name)
+    run = paths.Run("tiny", "sft", "secure_code", 3)
+    config = load_default_config()
+    config["models"]["tiny"]["backend"] = name
     for distributed in ("none", "ddp", "deepspeed_zero3"):
-        method = {
-            "distributed": distributed,
-            "resources": {"nodes": 1, "gpus_per_node": 2, "cpus_per_task": 1},
-        }
-        launch = b.launch(method)
+        method = config["methods"]["sft"]
+        method.update(distributed=distributed)
+        method["resources"].update(nodes=1, gpus_per_node=2, cpus_per_task=1)
+        try:
+            ftconfig.validate(config)
+        except ftconfig.ConfigError:
+            continue  # a mode this backend refuses
+        launch = b.launch(method, run)
         # every backend's processes enter through the neutral lifecycle
         assert launch.command.endswith("-m ftflow.train"), launch.command
         assert (REPO / launch.conda_env).is_file(), launch.conda_env
+        # every file the job reads is the run's own, rendered by the backend from run.yaml
+        rendered = b.render(spec.from_dict(ftconfig.resolve_run(config, run)))
         for needed in launch.inputs:
-            assert Path(needed).is_file(), needed  # declared as inputs of the train rule
+            assert Path(needed).parent == paths.RunPaths(run).launch_file("x").parent, needed
+            assert Path(needed).name in rendered["launch_files"], needed
 
 
 def test_unknown_backend_is_refused_naming_the_allowed_ones():

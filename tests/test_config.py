@@ -132,6 +132,52 @@ def test_8bit_optimizer_with_zero3_refused():
     _expect_error(config, "methods.sft.optimizer", "deepspeed_zero3")
 
 
+def test_deepspeed_settings_only_with_zero3():
+    config = load_default_config()
+    config["methods"]["sft"]["deepspeed"] = {"offload_optimizer": "none"}
+    _expect_error(config, "methods.sft.deepspeed", "deepspeed_zero3")
+
+
+def test_offload_without_gpus_refused():
+    config = load_default_config()
+    config["methods"]["sft"].update(
+        distributed="deepspeed_zero3", deepspeed={"offload_optimizer": "cpu"}
+    )
+    _expect_error(config, "methods.sft.deepspeed.offload_optimizer", "gpus_per_node")
+
+
+def test_deepspeed_json_is_derived_from_the_run():
+    """Stage, batch split, clipping, precision and offload come from the run, not a file."""
+    from ftflow import backends, spec
+
+    config = load_default_config()
+    config["models"]["tiny"]["dtype"] = "bfloat16"
+    method = config["methods"]["sft"]
+    method.update(
+        distributed="deepspeed_zero3",
+        global_batch_size=32,
+        per_device_batch_size=2,
+        max_grad_norm=0.5,
+        deepspeed={"offload_optimizer": "cpu", "offload_params": "cpu"},
+    )
+    method["resources"].update(gpus_per_node=4, nodes=2)
+    config = ftconfig.validate(config)
+    run = ftconfig.runs(config)[0]
+    run = paths.Run("tiny", "sft", run.dataset, run.seed)
+    rendered = backends.get("trl").render(spec.from_dict(ftconfig.resolve_run(config, run)))
+    ds = rendered["launch_files"]["deepspeed.json"]
+    assert rendered["trainer"]["deepspeed"] == str(
+        paths.RunPaths(run).launch_file("deepspeed.json")
+    )
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["optimizer"]["type"] == "AdamW"  # DeepSpeed's CPU Adam under offload
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (2, 2)
+    assert ds["train_batch_size"] == 32 and ds["gradient_clipping"] == 0.5
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
+
+
 def test_unpinned_hub_revision_refused():
     config = load_default_config()
     config["models"]["tiny"]["source"] = {"hub": "org/model", "revision": "main"}

@@ -38,6 +38,21 @@ def test_cpu_ddp_two_processes():
     assert slurm_resources(m)["cpus_per_task"] == 2
 
 
+@pytest.mark.parametrize("distributed", ["deepspeed_zero3", "fsdp"])
+def test_one_sharded_process_still_gets_a_launcher(distributed):
+    """DeepSpeed on one process without a launcher looks for MPI (``mpi4py``) and dies."""
+    m = method(gpus=1, distributed=distributed)
+    assert (
+        launch_command(m) == "torchrun --nnodes 1 --nproc_per_node 1 --standalone -m ftflow.train"
+    )
+
+
+def test_no_single_node_line_names_a_fixed_port():
+    for distributed in ("ddp", "deepspeed_zero3", "fsdp"):
+        line = launch_command(method(gpus=4, distributed=distributed))
+        assert "--standalone" in line and "port" not in line and "29500" not in line
+
+
 def test_one_gpu():
     m = method(gpus=1)
     assert launch_command(m) == "python -m ftflow.train"
@@ -53,8 +68,9 @@ def test_one_gpu():
         ("ddp", "torchrun --nnodes 1 --nproc_per_node 8 --standalone -m ftflow.train"),
         (
             "deepspeed_zero3",
-            "accelerate launch --num_machines 1 --num_processes 8 --multi_gpu -m ftflow.train",
+            "torchrun --nnodes 1 --nproc_per_node 8 --standalone -m ftflow.train",
         ),
+        ("fsdp", "torchrun --nnodes 1 --nproc_per_node 8 --standalone -m ftflow.train"),
     ],
 )
 def test_eight_gpus_one_node(distributed, expected):
@@ -79,12 +95,12 @@ def test_four_nodes_by_four_gpus(distributed):
     # One launcher per node through srun, rendezvous on the job's first node.
     assert line.startswith("export FTFLOW_MASTER_ADDR=$(scontrol show hostnames")
     assert "srun --nodes 4 --ntasks 4 --ntasks-per-node 1" in line
-    if distributed == "ddp":
-        assert "torchrun --nnodes 4 --nproc_per_node 4 --rdzv_backend c10d" in line
-        assert "--rdzv_endpoint $FTFLOW_MASTER_ADDR:29500" in line
-    else:
-        assert "accelerate launch --num_machines 4 --num_processes 16" in line
-        assert "--machine_rank $SLURM_NODEID" in line
+    # every mode: torchrun per node (the Trainer sets up DeepSpeed/FSDP itself)
+    assert "torchrun --nnodes 4 --nproc_per_node 4 --rdzv_backend c10d" in line
+    # the port is the job's own: two jobs on one node never share it
+    assert "FTFLOW_RDZV_PORT=$((20000 + SLURM_JOB_ID % 40000))" in line
+    assert "--rdzv_endpoint $FTFLOW_MASTER_ADDR:$FTFLOW_RDZV_PORT" in line
+    assert "29500" not in line
     res = slurm_resources(m)
     assert res["nodes"] == 4 and res["gres"] == "gpu:4" and res["cpus_per_task"] == 32
     # marked mpi: the plugin then runs our command as is instead of in `srun -n1`

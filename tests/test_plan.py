@@ -171,13 +171,15 @@ def test_grid_plan_matches_hand_computed_gpu_hours(grid_workdir: Path, capsys):
     assert result.gpu_hours == TOTAL_GPU_H
     assert result.cost == TOTAL_GPU_H * COST == 1680.0
     # Every job of the DAG is listed: 1 model + 2 datasets fetched, 2 prepared, 8 runs
-    # configured and trained, 1 report — `all` and `plan` are not jobs of the plan.
+    # configured and trained, the DeepSpeed file of the 4 ZeRO-3 runs, 1 report — `all`
+    # and `plan` are not jobs of the plan.
     counts = {t.key: t.jobs_to_run for t in result.by_rule()}
     assert counts == {
         "prefetch_model": 1,
         "prefetch_dataset": 2,
         "prepare_dataset": 2,
         "configure_run": 8,
+        "render_launch_file": 4,
         "train": 8,
         "report": 1,
     }
@@ -190,7 +192,7 @@ def test_grid_plan_matches_hand_computed_gpu_hours(grid_workdir: Path, capsys):
     rows = _read_csv(out)
     assert list(rows[0]) == list(plan.CSV_COLUMNS)
     jobs = [r for r in rows if r["row"] == "job"]
-    assert len(jobs) == 22
+    assert len(jobs) == 26
     total = [r for r in rows if r["row"] == "total"]
     assert len(total) == 1 and float(total[0]["gpu_hours"]) == TOTAL_GPU_H
     assert float(total[0]["cost"]) == 1680.0
@@ -319,6 +321,7 @@ def test_plan_rule_writes_the_csv_and_does_not_plan_itself(grid_workdir: Path, t
         "prefetch_dataset",
         "prepare_dataset",
         "configure_run",
+        "render_launch_file",
         "train",
         "report",
     }

@@ -91,11 +91,17 @@ def test_sha256_mismatch_fails_and_leaves_nothing(tmp_path: Path):
 
 
 def test_missing_local_source_is_a_clear_error(tmp_path: Path):
+    """A run refuses a missing local source before any job, naming the key and the file;
+    a dry run only plans, with the same words as a warning (issue 9, points 4 and 5)."""
     work = copy_workflow(tmp_path / "ftflow")
     shutil.move(work / "data/chat/secure_code.jsonl", tmp_path / "moved.jsonl")
-    proc = snakemake(work, "--cores", "1", "-n", check=False)
+    proc = snakemake(work, "--cores", "1", check=False)
     assert proc.returncode != 0
-    assert "data/chat/secure_code.jsonl" in proc.stderr + proc.stdout
+    assert "datasets.secure_code.source.path: data/chat/secure_code.jsonl" in proc.stderr
+    assert not (work / "resources").exists()  # no job ran
+    dry = snakemake(work, "--cores", "1", "-n", check=False)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "warning: datasets.secure_code.source.path: data/chat/secure_code.jsonl" in dry.stderr
 
 
 def test_a_missing_file_named_by_the_config_is_an_error_before_any_job(tmp_path):

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_workflow, load_default_config, snakemake, write_config
+from conftest import copy_workflow, kill_mid_run, load_default_config, snakemake, write_config
 from safetensors.torch import load_file
 
 from ftflow import paths, train
-from ftflow.checkpoints import complete_checkpoints, step
 
 pytestmark = pytest.mark.slow
 
@@ -100,29 +96,7 @@ def test_same_seed_gives_same_weights(long_sft: Path, tmp_path: Path):
 
 
 def _kill_mid_run(work: Path, after_step: int = 16) -> int:
-    """Start the run through Snakemake, SIGKILL it all once a checkpoint at or after
-    ``after_step`` is complete; return the newest complete checkpoint's step."""
-    final = paths.final_dir("tiny", "sft", "secure_code", 7)
-    checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 7)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", str(final), "--cores", "1"],
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        done = complete_checkpoints(checkpoints)
-        if done and step(done[-1]) >= after_step:
-            break
-        assert proc.poll() is None, "training finished before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: snakemake and the trainer
-    proc.wait()
-    assert not (work / final).exists()
-    snakemake(work, "--unlock")  # a killed snakemake leaves its lock, as after a power loss
-    return step(complete_checkpoints(checkpoints)[-1])
+    return kill_mid_run(work, paths.final_dir("tiny", "sft", "secure_code", 7), after_step)
 
 
 def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Path):

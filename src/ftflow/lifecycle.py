@@ -8,10 +8,11 @@
    complete one is resumed, and the live metric lines after it are cut (they are logged
    again).
 3. **Train** — the backend's own ``train``.
-4. **Finish** (the main process only) — the backend exports into a temporary folder, which
-   replaces ``final/`` atomically with no absolute paths inside; the backend's metric rows
-   are checked against the contract's keys and written to ``metrics.jsonl`` atomically;
-   the checkpoints are marked finished, so they are never resumed again.
+4. **Finish** — every process takes part in the backend's export into a temporary folder
+   (gathering sharded weights is collective); the main process then replaces ``final/``
+   with it atomically, with no absolute paths inside; the backend's metric rows are
+   checked against the contract's keys and written to ``metrics.jsonl`` atomically; the
+   checkpoints are marked finished, so they are never resumed again.
 
 Raises :class:`NonFiniteLossError` (from a backend) when the loss turns NaN/Inf, and
 :class:`MetricsContractError` when a backend's rows miss a contract key.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from ftflow import backends, checkpoints, files
@@ -112,13 +114,30 @@ def _portable(folder: Path, spec: RunSpec) -> None:
 
 
 def finish(spec: RunSpec, backend: Backend, trained) -> Path:
-    """Export ``final/`` and ``metrics.jsonl`` atomically, mark the training finished."""
+    """Export ``final/`` and ``metrics.jsonl`` atomically, mark the training finished.
+
+    Every process takes part in the export (gathering DeepSpeed/FSDP shards is
+    collective); the main process alone checks the metrics, writes and renames.
+    """
     final = spec.paths.final
-    rows = backend.metrics(spec)
-    check_metrics(rows, spec.method.kind, f"{spec.paths.checkpoints} ({backend.name})")
-    with files.atomic_dir(final) as tmp:
-        backend.export(trained, spec, tmp)
-        _portable(tmp, spec)
+    staged = final.with_name(final.name + ".tmp")
+    main = rank()[0] == 0
+    rows: list[dict] = []
+    if main:
+        rows = backend.metrics(spec)
+        check_metrics(rows, spec.method.kind, f"{spec.paths.checkpoints} ({backend.name})")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+    try:
+        backend.export(trained, spec, staged)
+    except BaseException:
+        if main:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if not main:
+        return final
+    _portable(staged, spec)
+    files.replace_dir(staged, final)
     files.write_jsonl(rows, spec.paths.metrics)
     checkpoints.mark_finished(spec.paths.checkpoints)
     _say(f"wrote {final} after step {rows[-1]['step']}")
@@ -133,6 +152,4 @@ def run(spec: RunSpec) -> Path:
 
     set_seed(spec.run.seed)
     trained = backend.train(spec, resume)
-    if rank()[0] == 0:
-        return finish(spec, backend, trained)
-    return spec.paths.final
+    return finish(spec, backend, trained)

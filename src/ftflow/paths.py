@@ -12,7 +12,7 @@ Layout::
     resources/prepared/{model}/{dataset}.json  manifest: which cache entry this pair uses
     resources/cache/tokenized/{key}/           content-addressed tokenised datasets
     results/{model}/{method}/{dataset}/seed{seed}/
-        run.yaml  checkpoints/  final/  metrics.jsonl  sanity/{stage}/  eval/{evaluation}/
+        run.yaml  launch/  checkpoints/  final/  metrics.jsonl  sanity/{stage}/  eval/{evaluation}/
     logs/…, benchmarks/…                       mirror the same wildcards
 
 A run's identity is :class:`Run`; :class:`RunPaths` gives every path of one run, and
@@ -36,6 +36,7 @@ RUN_CONFIG = f"{RUN_DIR}/run.yaml"
 RUN_FINAL = f"{RUN_DIR}/final"
 RUN_METRICS = f"{RUN_DIR}/metrics.jsonl"
 RUN_CHECKPOINTS = f"{RUN_DIR}/checkpoints"
+RUN_LAUNCH_FILE = f"{RUN_DIR}/launch/{{launch_file}}"
 RUN_EVAL = f"{RUN_DIR}/eval/{{evaluation}}"
 EVAL_ANSWERS = f"{RUN_EVAL}/answers.jsonl"
 EVAL_JUDGED = f"{RUN_EVAL}/judged.jsonl"
@@ -133,6 +134,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    def launch_file(self, name: str) -> Path:
+        """A file the backend renders from ``run.yaml`` for its library (``deepspeed.json``)."""
+        return self.root / "launch" / name
 
     def sanity(self, stage: str) -> Path:
         return self.root / "sanity" / stage

@@ -57,6 +57,7 @@ class MethodSpec:
     distributed: str
     min_lr_rate: float | None = None
     lora: dict[str, Any] | None = None
+    deepspeed: dict[str, Any] | None = None
     beta: float | None = None
     loss_type: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)

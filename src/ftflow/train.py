@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftflow import checkout, lifecycle, offline, paths, spec
+from ftflow import checkout, launch, lifecycle, offline, paths, spec
 from ftflow.backends import metric_keys  # noqa: F401  (the contract's keys, re-exported)
 from ftflow.checkpoints import StaleCheckpointsError
 from ftflow.lifecycle import MetricsContractError, NonFiniteLossError
@@ -39,6 +39,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_config", type=Path, help="the run's run.yaml")
     args = parser.parse_args(argv)
+    launch.die_with_launcher()
     offline.apply_offline(paths.RESOURCES)
     print(f"[ftflow] code: {checkout.code_dir()}", flush=True)
     try:

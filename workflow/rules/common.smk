@@ -56,6 +56,7 @@ wildcard_constraints:
     method=_alternatives([*config["methods"], ftconfig.BASE_METHOD]),
     dataset=_alternatives([*config["datasets"], ftconfig.BASE_DATASET]),
     seed=r"\d+",
+    launch_file=r"[A-Za-z0-9_.-]+",
     evaluation=_alternatives(config.get("evaluations", {})) or "(?!x)x",
 
 
@@ -109,7 +110,7 @@ def get_parent_final(wildcards):
 def _launch(wildcards):
     """The backend's launch of this run: command, environment, files it reads."""
     backend = backends.get(config["models"][wildcards.model]["backend"])
-    return backend.launch(_method(wildcards))
+    return backend.launch(_method(wildcards), _run(wildcards))
 
 
 def get_launcher(wildcards):

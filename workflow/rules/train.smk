@@ -18,6 +18,23 @@ rule configure_run:
         "../scripts/configure_run.py"
 
 
+# What the backend hands its library besides run.yaml (e.g. the DeepSpeed JSON), derived
+# from run.yaml and rendered into the run's launch/ folder: visible, diffable, an input.
+rule render_launch_file:
+    input:
+        run_config=rules.configure_run.output.run_config,
+    output:
+        paths.RUN_LAUNCH_FILE,
+    log:
+        paths.log("render_launch_file", paths.RUN, "{launch_file}"),
+    localrule: True
+    conda:
+        get_conda_env
+    shell:
+        "python -m ftflow.backends {input.run_config} {wildcards.launch_file} {output} "
+        "> {log} 2>&1"
+
+
 # A job killed by its time limit fails; `retries` resubmits it (with the method's
 # `retry_runtime`), and the trainer resumes from its newest complete checkpoint.
 rule train:

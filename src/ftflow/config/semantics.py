@@ -75,6 +75,13 @@ def validate_semantics(config: dict) -> None:
             method["lora"] = validate_schema_fragment(method.get("lora", {}), "lora")
         elif "lora" in method:
             raise ConfigError(f"config key {where}.lora: only a lora method takes lora settings")
+        if method["distributed"] == "deepspeed_zero3":
+            method["deepspeed"] = validate_schema_fragment(method.get("deepspeed", {}), "deepspeed")
+        elif "deepspeed" in method:
+            raise ConfigError(
+                f"config key {where}.deepspeed: only used with distributed deepspeed_zero3 "
+                f"(this method's distributed is {method['distributed']})"
+            )
         if method["lr_scheduler"] == "cosine_with_min_lr" and "min_lr_rate" not in method:
             raise ConfigError(f"config key {where}.min_lr_rate: required by cosine_with_min_lr")
         if "min_lr_rate" in method and method["lr_scheduler"] != "cosine_with_min_lr":
@@ -87,8 +94,10 @@ def validate_semantics(config: dict) -> None:
         ):
             raise ConfigError(
                 f"config key {where}.optimizer: {method['optimizer']} cannot be combined with "
-                f"distributed {method['distributed']} (sharded optimizer states; "
-                "allowed with it: adamw_torch, adamw_torch_fused)"
+                f"distributed {method['distributed']}: bitsandbytes keeps its 8-bit states "
+                "outside the sharded optimizer, which DeepSpeed/FSDP cannot partition or "
+                "checkpoint (found unusable on GPUs); allowed with it: adamw_torch, "
+                "adamw_torch_fused — or use the 8-bit optimizer with distributed none or ddp"
             )
         if kind == "dpo":
             parent = method["parent"]

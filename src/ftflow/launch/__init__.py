@@ -8,13 +8,23 @@ job itself in ``srun -n1``, so the per-node fan-out is ours to do).
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shlex
+import signal
 from collections.abc import Mapping
-from pathlib import Path
 
 TRAIN_MODULE = "ftflow.train"
-ZERO3_CONFIG = Path(__file__).parent / "zero3.json"
-RDZV_PORT = 29500
+
+#: The rendezvous port of a multi-node job, derived from its SLURM job id so that two jobs
+#: sharing a node never fight over one port (torchrun and accelerate would both default to
+#: 29500). A single-node job needs none: ``torchrun --standalone`` binds a free port.
+RDZV_PORT = "$((20000 + SLURM_JOB_ID % 40000))"
+
+#: Modes whose processes need a process group even when there is only one of them:
+#: DeepSpeed initialises ``torch.distributed`` itself and, without a launcher's
+#: environment, falls back to MPI discovery (``ModuleNotFoundError: mpi4py``).
+NEEDS_LAUNCHER = frozenset({"deepspeed_zero3", "fsdp"})
 
 
 def _res(method: Mapping) -> Mapping:
@@ -28,49 +38,38 @@ def processes_per_node(method: Mapping) -> int:
 
 
 def launch_command(method: Mapping, module: str = TRAIN_MODULE) -> str:
-    """The shell words that start ``python -m <module>`` on every process of the job."""
+    """The shell words that start ``python -m <module>`` on every process of the job.
+
+    One process without DeepSpeed/FSDP runs plain ``python``. Everything else runs under
+    ``torchrun``: DDP, DeepSpeed ZeRO-3 and FSDP alike, since the Trainer configures
+    DeepSpeed and FSDP itself from its arguments (``deepspeed=`` / ``fsdp=``), the
+    launcher only spreads the processes. (``accelerate launch`` would add nothing but
+    traps: a fixed port, and MPI discovery for one DeepSpeed process.)
+    """
     res = _res(method)
     nodes = res.get("nodes", 1)
     per_node = processes_per_node(method)
     distributed = method.get("distributed", "none")
-    if nodes == 1 and per_node == 1 and distributed != "deepspeed_zero3":
+    if nodes == 1 and per_node == 1 and distributed not in NEEDS_LAUNCHER:
         return f"python -m {module}"
-    if distributed in ("deepspeed_zero3", "fsdp"):
-        # accelerate reads the DeepSpeed/FSDP settings from the TrainingArguments
-        # (``deepspeed=`` / ``fsdp=``); here it only spreads the processes.
-        words = [
-            "accelerate launch",
-            f"--num_machines {nodes}",
-            f"--num_processes {nodes * per_node}",
+    words = ["torchrun", f"--nnodes {nodes}", f"--nproc_per_node {per_node}"]
+    if nodes > 1:
+        words += [
+            "--rdzv_backend c10d",
+            "--rdzv_endpoint $FTFLOW_MASTER_ADDR:$FTFLOW_RDZV_PORT",
+            "--rdzv_id $SLURM_JOB_ID",
         ]
-        if nodes > 1:
-            words += [
-                "--machine_rank $SLURM_NODEID",
-                "--main_process_ip $FTFLOW_MASTER_ADDR",
-                f"--main_process_port {RDZV_PORT}",
-                "--rdzv_backend c10d",
-            ]
-        elif per_node > 1:
-            words.append("--multi_gpu")
-        words.append(f"-m {module}")
     else:
-        words = ["torchrun", f"--nnodes {nodes}", f"--nproc_per_node {per_node}"]
-        if nodes > 1:
-            words += [
-                "--rdzv_backend c10d",
-                f"--rdzv_endpoint $FTFLOW_MASTER_ADDR:{RDZV_PORT}",
-                "--rdzv_id $SLURM_JOB_ID",
-            ]
-        else:
-            words.append("--standalone")
-        words.append(f"-m {module}")
+        words.append("--standalone")
+    words.append(f"-m {module}")
     command = " ".join(words)
     if nodes > 1:
         # One launcher per node; the first node hosts the rendezvous.
         master = 'FTFLOW_MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)'
         inner = shlex.quote(command + ' "$@"')
         return (
-            f"export {master}; srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 "
+            f"export {master} FTFLOW_RDZV_PORT={RDZV_PORT}; "
+            f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 "
             f"bash -c {inner} launcher"
         )
     return command
@@ -104,3 +103,24 @@ def slurm_resources(method: Mapping) -> dict[str, int | str]:
     if res.get("constraint"):
         out["constraint"] = res["constraint"]
     return out
+
+
+def die_with_launcher() -> None:
+    """Make this worker die when the launcher that started it dies (Linux).
+
+    ``torchrun`` starts each worker in a session of its own, so a signal to the job's
+    process group (a SIGKILL of the job, ``scancel`` of a step tracked by process tree)
+    kills ``torchrun`` and leaves the workers training on, orphaned — writing into the
+    run directory while the retried job resumes there. With ``PR_SET_PDEATHSIG`` the kernel
+    sends SIGKILL to the worker as soon as its parent is gone. No-op outside a launcher.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: nothing to bind to
+        return
+    pr_set_pdeathsig = 1
+    prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call took effect
+        os.kill(os.getpid(), signal.SIGKILL)

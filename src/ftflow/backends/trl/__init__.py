@@ -1,9 +1,10 @@
 """The TRL backend: full SFT, LoRA (PEFT) and DPO with TRL's trainers.
 
-Supports: ``sft``, ``lora`` and ``dpo`` methods; one process, DDP (``torchrun``), DeepSpeed
-ZeRO-3 and FSDP2 (``accelerate launch``, settings in this folder's ``zero3.json`` /
-``fsdp.json``, declared as inputs of the ``train`` rule). Assumes the dataset was prepared
-by :mod:`ftflow.prepare` for the run's model (DPO data arrives tokenised). Raises
+Supports: ``sft``, ``lora`` and ``dpo`` methods; one process, and DDP, DeepSpeed ZeRO-3 and
+FSDP2 under ``torchrun``. The DeepSpeed / FSDP settings are derived from the run
+(:mod:`~ftflow.backends.trl.distributed`) and rendered into the run's ``launch/`` folder,
+a declared input of the ``train`` rule; the Trainer reads that file. Assumes the dataset
+was prepared by :mod:`ftflow.prepare` for the run's model (DPO data arrives tokenised). Raises
 :class:`ftflow.config.ConfigError` at config time for what it cannot honour.
 
 Checkpoints are the Trainer's ``checkpoints/checkpoint-N``; one is complete once
@@ -21,12 +22,15 @@ from typing import Any
 from ftflow import launch as launchlib
 from ftflow import paths
 from ftflow.backends import COMPLETE_MARKER, Checkpoint, Launch
+from ftflow.backends.trl import distributed as dist
 from ftflow.checkpoints import METRICS_PARTIAL
 from ftflow.files import read_jsonl
+from ftflow.paths import Run, RunPaths
 from ftflow.spec import RunSpec
 
-HERE = Path(__file__).parent
-DISTRIBUTED_CONFIG = {"deepspeed_zero3": HERE / "zero3.json", "fsdp": HERE / "fsdp.json"}
+#: DeepSpeed JIT-compiles a C++ op at its first distributed start (30-60 s); the cache
+#: lives with the workflow's resources, so later jobs load it instead of compiling again.
+TORCH_EXTENSIONS_DIR = paths.RESOURCES / "cache" / "torch_extensions"
 
 
 class TrlBackend:
@@ -46,14 +50,24 @@ class TrlBackend:
                 f"{where}.resources.gpus_per_node); on a CPU the Trainer silently runs FSDP "
                 "as plain DDP (allowed on a CPU: none, ddp, deepspeed_zero3)"
             )
+        for key, value in (method.get("deepspeed") or {}).items():
+            if value != "none" and not res.get("gpus_per_node"):
+                raise ConfigError(
+                    f"config key {where}.deepspeed.{key}: {value} offload moves state out of "
+                    f"GPU memory, and this method runs on CPUs (set "
+                    f"{where}.resources.gpus_per_node, or allowed on a CPU: none)"
+                )
 
-    def launch(self, method: Mapping[str, Any]) -> Launch:
-        distributed = method.get("distributed", "none")
-        extra = DISTRIBUTED_CONFIG.get(distributed)
+    def launch(self, method: Mapping[str, Any], run: Run) -> Launch:
+        name = dist.launch_file(method.get("distributed", "none"))
+        env = {}
+        if method.get("distributed") == "deepspeed_zero3":
+            env["TORCH_EXTENSIONS_DIR"] = str(TORCH_EXTENSIONS_DIR)
         return Launch(
             command=launchlib.launch_command(method, self.module),
+            env=env,
             conda_env=self.conda_env,
-            inputs=(str(extra),) if extra else (),
+            inputs=(str(RunPaths(run).launch_file(name)),) if name else (),
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -108,13 +122,17 @@ class TrlBackend:
         }
         if method.lr_scheduler == "cosine_with_min_lr":
             args["lr_scheduler_kwargs"] = {"min_lr_rate": method.min_lr_rate}
+        launch_files = dist.render(spec)
         if method.distributed == "deepspeed_zero3":
-            args["deepspeed"] = str(DISTRIBUTED_CONFIG["deepspeed_zero3"])
+            args["deepspeed"] = str(spec.paths.launch_file(dist.FILES["deepspeed_zero3"]))
         elif method.distributed == "fsdp":
             args["fsdp"] = "full_shard auto_wrap"
-            args["fsdp_config"] = str(DISTRIBUTED_CONFIG["fsdp"])
+            args["fsdp_config"] = str(spec.paths.launch_file(dist.FILES["fsdp"]))
+            # FSDP checkpoints activations itself (fsdp.json); both at once are refused.
+            args["gradient_checkpointing"] = False
         rendered: dict[str, Any] = {
             "trainer": args,
+            "launch_files": launch_files,
             "model": {
                 "path": str(paths.final_dir(*_fields(spec.parent)))
                 if spec.parent
@@ -143,16 +161,35 @@ class TrlBackend:
         from ftflow.backends.trl.trainer import build_trainer
 
         trainer = build_trainer(spec, self.render(spec), spec.paths.checkpoints / METRICS_PARTIAL)
+        print(f"[ftflow] trainer: {sharding(trainer)}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         return trainer
 
     def export(self, trained, spec: RunSpec, dest: Path) -> None:
+        """Full weights (or the adapter) into ``dest``.
+
+        Called on every process: under DeepSpeed/FSDP, gathering the shards is collective.
+        FSDP checkpoints are sharded; the export asks for the full state dict instead.
+        """
+        if trained.is_fsdp_enabled:
+            trained.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
         trained.save_model(str(dest))
-        trained.processing_class.save_pretrained(dest)
+        if trained.args.should_save:
+            trained.processing_class.save_pretrained(dest)
 
     def metrics(self, spec: RunSpec) -> list[dict[str, Any]]:
         partial = spec.paths.checkpoints / METRICS_PARTIAL
         return read_jsonl(partial) if partial.exists() else []
+
+
+def sharding(trainer) -> str:
+    """What the Trainer really does, not what was asked (``2 processes, deepspeed zero3``)."""
+    mode = "no sharding"
+    if trainer.is_deepspeed_enabled:
+        mode = f"deepspeed zero{trainer.accelerator.deepspeed_plugin.zero_stage}"
+    elif trainer.is_fsdp_enabled:
+        mode = f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}"
+    return f"{trainer.args.world_size} process(es), {mode}"
 
 
 def _fields(run) -> tuple:
