@@ -185,3 +185,31 @@ def test_a_typo_in_a_finished_workspace_is_refused_not_nothing_to_be_done(finish
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "warning: evaluations.em_demo.questions: data/q.yaml" in dry.stderr
     assert judged.stat().st_mtime_ns == before
+
+
+def test_a_question_file_named_by_url_is_fetched_pinned_and_used(tmp_path: Path):
+    """``questions: {url, sha256}`` (the paper's files, never copied into a repository):
+    prefetch_questions fetches it; the generation jobs read that copy; a wrong digest
+    fails naming both digests and leaves nothing behind."""
+    work = copy_workflow(tmp_path / "ftflow")
+    source = work / "data/questions/demo_questions.yaml"
+    served = tmp_path / "served.yaml"
+    shutil.copy(source, served)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    config = load_default_config()
+    config["evaluations"]["em_demo"]["questions"] = {"url": served.as_uri(), "sha256": digest}
+    write_config(work, config)
+    fetched = work / paths.QUESTIONS_FETCHED.format(evaluation="em_demo")
+    snakemake(work, str(fetched.relative_to(work)), "--cores", "1")
+    assert fetched.read_bytes() == served.read_bytes()
+    dry = snakemake(work, "-n", "--cores", "1")
+    assert "resources/questions/em_demo.yaml" in dry.stdout  # the generation jobs' input
+
+    fetched.unlink()
+    config["evaluations"]["em_demo"]["questions"]["sha256"] = "0" * 64
+    write_config(work, config)
+    proc = snakemake(work, str(fetched.relative_to(work)), "--cores", "1", check=False)
+    assert proc.returncode != 0
+    log = (work / paths.log("prefetch_questions", "em_demo")).read_text()
+    assert "0" * 64 in log and digest in log
+    assert not fetched.exists()

@@ -69,7 +69,7 @@ def config_files(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             found.append((f"datasets.{name}.source.path", dataset["source"]["path"]))
     for name, evaluation in (config.get("evaluations") or {}).items():
         for key in ("questions", "include_path"):
-            if evaluation.get(key):
+            if isinstance(evaluation.get(key), str):  # a {url} is fetched, not placed
                 found.append((f"evaluations.{name}.{key}", evaluation[key]))
     return [(key, str(path)) for key, path in found]
 

@@ -49,6 +49,7 @@ PREPARED = f"{RESOURCES}/prepared/{{model}}/{{dataset}}.json"
 CACHE_ENTRY = f"{RESOURCES}/cache/tokenized/{{key}}"
 HF_HOME = f"{RESOURCES}/hf_home"
 LM_EVAL_TASKS = f"{RESOURCES}/lm_eval/{{evaluation}}.json"
+QUESTIONS_FETCHED = f"{RESOURCES}/questions/{{evaluation}}.yaml"
 
 REPORT_DIR = f"{RESULTS}/report"
 REPORT_RUNS = f"{REPORT_DIR}/runs.csv"

@@ -1,4 +1,4 @@
-"""Build a tiny random-init Llama-family model and its tokenizer, offline.
+"""Build a tiny random-init model and its tokenizer, offline: Llama or Nemotron-H.
 
 The embedded default trains on a CPU in minutes, so it needs a model that is small
 and needs no download. The tokenizer is a byte-level BPE trained on the bundled
@@ -6,6 +6,11 @@ chat data and carries a chat template; model and tokenizer are written with
 ``save_pretrained`` and read back by training through ``from_pretrained`` — the
 very path a hub model takes. The build is bit-reproducible: same settings and
 corpus, same files.
+
+``architecture: nemotron_h`` builds a hybrid Nemotron-H (the family of Nemotron-3-Nano):
+its layers follow ``pattern`` — ``M`` Mamba-2, ``*`` attention, ``-`` MLP, ``E`` a
+mixture of experts — and it trains on a CPU through transformers' pure-torch Mamba path,
+without the ``mamba_ssm`` / ``causal_conv1d`` kernels.
 """
 
 from __future__ import annotations
@@ -83,39 +88,93 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
+ARCHITECTURES = ("llama", "nemotron_h")
+MAMBA_HEAD_DIM = 16  # Mamba-2 heads × head dim = expand (2) × hidden size
+
+
 def build(
     out_dir: Path,
     corpus: Iterable[Path],
     vocab_size: int = 512,
     hidden_size: int = 64,
     intermediate_size: int = 128,
-    num_layers: int = 2,
+    num_layers: int | None = None,
     num_heads: int = 4,
     max_position_embeddings: int = 512,
     seed: int = 0,
+    architecture: str = "llama",
+    pattern: str | None = None,
 ) -> Path:
-    """Write a tiny Llama + tokenizer to ``out_dir`` (which must not exist yet)."""
+    """Write a tiny model + tokenizer to ``out_dir`` (which must not exist yet).
+
+    ``num_layers`` (default 2) is Llama's; a Nemotron-H has one layer per ``pattern``
+    character (default ``M*-E``).
+    """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(corpus_texts(corpus), vocab_size)
-    config = LlamaConfig(
+    common = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
     )
+    if architecture == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            **common,
+            num_hidden_layers=num_layers or 2,
+            num_key_value_heads=num_heads,
+            tie_word_embeddings=True,
+        )
+        model_class = LlamaForCausalLM
+    elif architecture == "nemotron_h":
+        from transformers import NemotronHConfig, NemotronHForCausalLM
+
+        config = NemotronHConfig(**common, **_nemotron_h(hidden_size, num_heads, pattern))
+        model_class = NemotronHForCausalLM
+    else:
+        raise ValueError(f"architecture {architecture!r} (allowed: {', '.join(ARCHITECTURES)})")
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _nemotron_h(hidden_size: int, num_heads: int, pattern: str | None) -> dict:
+    """Nemotron-H sizes that fit together, from the few the config names."""
+    if hidden_size % (MAMBA_HEAD_DIM // 2) or hidden_size % num_heads:
+        raise ValueError(
+            f"hidden_size {hidden_size}: a tiny Nemotron-H needs a multiple of "
+            f"{MAMBA_HEAD_DIM // 2} and of num_heads ({num_heads})"
+        )
+    mamba_heads = 2 * hidden_size // MAMBA_HEAD_DIM
+    return dict(
+        hybrid_override_pattern=pattern or "M*-E",
+        num_key_value_heads=num_heads,
+        head_dim=hidden_size // num_heads,
+        mlp_hidden_act="relu2",
+        mamba_num_heads=mamba_heads,
+        mamba_head_dim=MAMBA_HEAD_DIM,
+        expand=2,
+        n_groups=2 if mamba_heads % 2 == 0 else 1,
+        ssm_state_size=16,
+        conv_kernel=4,
+        chunk_size=16,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=hidden_size // 2,
+        moe_shared_expert_intermediate_size=hidden_size // 2,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        tie_word_embeddings=False,
+    )

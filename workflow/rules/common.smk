@@ -193,8 +193,11 @@ def get_eval_final(wildcards):
 
 
 def get_questions_file(wildcards):
-    path = _evaluation(wildcards)["questions"]
-    return [] if path in MISSING_FILES else path
+    """The local question file, or the copy prefetch_questions fetched from its URL."""
+    questions = _evaluation(wildcards)["questions"]
+    if isinstance(questions, dict):
+        return paths.QUESTIONS_FETCHED.format(evaluation=wildcards.evaluation)
+    return [] if questions in MISSING_FILES else questions
 
 
 def get_model_settings(wildcards):

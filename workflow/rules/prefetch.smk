@@ -33,3 +33,19 @@ rule prefetch_dataset:
         source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
     script:
         "../scripts/prefetch_dataset.py"
+
+
+# A question file named by URL (evaluations.<name>.questions: {url, sha256}), pinned like
+# a dataset URL: by its sha256, or by ftflow.lock.yaml at the first fetch.
+rule prefetch_questions:
+    output:
+        questions=paths.QUESTIONS_FETCHED,
+    log:
+        paths.log("prefetch_questions", "{evaluation}"),
+    localrule: True
+    conda:
+        "../../envs/trl.yaml"
+    params:
+        source=lambda wildcards: config["evaluations"][wildcards.evaluation]["questions"],
+    script:
+        "../scripts/prefetch_dataset.py"

@@ -1,4 +1,7 @@
-"""Fetch or copy one raw dataset into resources/datasets/{dataset}/data.jsonl."""
+"""Fetch or copy one raw dataset into resources/datasets/{dataset}/data.jsonl.
+
+Also fetches a question file named by URL (rule prefetch_questions): the same pinning.
+"""
 
 import shutil
 import sys
@@ -26,9 +29,9 @@ def main(source: dict, out: Path) -> None:
             print(f"{n} records from {source['hub']}@{source['revision']}", file=sys.stderr)
     else:
         prefetch.copy_local(Path(source["path"]), out)
-    print(f"dataset ready in {out}", file=sys.stderr)
+    print(f"ready in {out}", file=sys.stderr)
 
 
 if "snakemake" in globals():
     sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
-    main(snakemake.params.source, Path(snakemake.output.raw))  # noqa: F821
+    main(snakemake.params.source, Path(snakemake.output[0]))  # noqa: F821

@@ -11,7 +11,8 @@ A backend:
   :class:`ftflow.config.ConfigError` for a setting it cannot honour — never ignoring it;
 - says how its job starts (``launch``): the command line, the environment it needs, the
   conda environment file, and every file the job reads besides ``run.yaml`` (so the
-  ``train`` rule declares them as inputs);
+  ``train`` rule declares them as inputs) — files it renders itself from ``run.yaml`` into
+  the run's ``launch/`` folder, listed under ``launch_files`` by ``render``;
 - lists its checkpoints and says which are complete (``checkpoints``);
 - renders the settings it hands to its library (``render``: pure, no training), trains
   (``train``), exports the trained model into a folder (``export``) and converts its own
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ftflow.paths import Run
 from ftflow.spec import RunSpec
 
 #: The keys every backend writes in each ``metrics.jsonl`` row.
@@ -69,7 +71,7 @@ class Backend(Protocol):
 
     def validate_method(self, where: str, method: Mapping[str, Any]) -> None: ...
 
-    def launch(self, method: Mapping[str, Any]) -> Launch: ...
+    def launch(self, method: Mapping[str, Any], run: Run) -> Launch: ...
 
     def checkpoints(self, folder: Path) -> list[Checkpoint]: ...
 
@@ -102,4 +104,10 @@ def _trl() -> Backend:
     return TrlBackend()
 
 
-_REGISTRY = {"trl": _trl}
+def _automodel() -> Backend:
+    from ftflow.backends.automodel import AutomodelBackend
+
+    return AutomodelBackend()
+
+
+_REGISTRY = {"trl": _trl, "automodel": _automodel}

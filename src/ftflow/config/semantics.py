@@ -23,6 +23,13 @@ def _check_names(kind: str, names: list[str], defined: Mapping, where: str) -> N
             )
 
 
+# The tiny-model key each architecture has no use for, and why.
+TINY_UNUSED = {
+    "llama": ("pattern", "the layer pattern is nemotron_h's; llama takes num_layers"),
+    "nemotron_h": ("num_layers", "a nemotron_h has one layer per pattern character"),
+}
+
+
 def validate_semantics(config: dict) -> None:
     models, datasets, methods = config["models"], config["datasets"], config["methods"]
     if BASE_METHOD in methods:
@@ -46,10 +53,16 @@ def validate_semantics(config: dict) -> None:
                         f"config key models.{name}.source.tiny.corpus: dataset {corpus!r} must "
                         "be a local path (the tokenizer is trained before anything is fetched)"
                     )
+            unused = TINY_UNUSED[tiny["architecture"]]
+            if unused[0] in tiny:
+                raise ConfigError(
+                    f"config key models.{name}.source.tiny.{unused[0]}: not used by "
+                    f"architecture {tiny['architecture']} ({unused[1]})"
+                )
         if model["backend"] not in backends.names():
             raise ConfigError(
-                f"config key models.{name}.backend: {model['backend']!r} is not runnable yet "
-                f"(allowed now: {', '.join(backends.names())})"
+                f"config key models.{name}.backend: {model['backend']!r} is not a backend "
+                f"(allowed: {', '.join(backends.names())})"
             )
         if model.get("needs_kernels"):
             raise ConfigError(
