@@ -175,7 +175,7 @@ def _trained(tmp_path: Path, name: str, config: dict, target: Path) -> Path:
 
 @pytest.mark.slow
 def test_two_process_ddp_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
-    config = _config(max_steps=12, save_steps=4, save_total_limit=5, distributed="ddp")
+    config = _config(max_steps=8, save_steps=2, save_total_limit=5, distributed="ddp")
     config["methods"]["sft"].update(per_device_batch_size=1)
     config["methods"]["sft"]["resources"].update(cpu_processes=2)
     run = paths.RunPaths.of("tiny", "sft", "secure_code", SEED)
@@ -184,8 +184,8 @@ def test_two_process_ddp_sigkill_then_resume_matches_uninterrupted(tmp_path: Pat
     work = copy_workflow(tmp_path / "killed")
     write_config(work, config)
     snakemake(work, str(run.run_config), str(paths.prepared("tiny", "secure_code")), "--cores", "2")
-    killed_at = kill_mid_run(work, run.final, after_step=4, cores="2")
-    assert killed_at < 12
+    killed_at = kill_mid_run(work, run.final, after_step=2, cores="2")
+    assert killed_at < 8
     snakemake(work, str(run.final), "--cores", "2", "--rerun-incomplete", timeout=1200)
     log = (work / run.log()).read_text()
     assert "rank 1 of 2" in log
@@ -198,10 +198,9 @@ def test_two_process_ddp_sigkill_then_resume_matches_uninterrupted(tmp_path: Pat
     a, b = weights(work), weights(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (work / run.metrics).read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 13))  # every step, despite the kill
-    assert rows == [json.loads(x) for x in (straight / run.metrics).read_text().splitlines()] or [
-        r["loss"] for r in rows
-    ] == [json.loads(x)["loss"] for x in (straight / run.metrics).read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))  # every step, despite the kill
+    uninterrupted = [json.loads(x) for x in (straight / run.metrics).read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in uninterrupted]
 
 
 @pytest.mark.slow

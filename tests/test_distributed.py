@@ -154,7 +154,7 @@ def test_one_zero3_process_trains(trained: Path):
 def test_zero3_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     """SIGKILL of the whole job (Snakemake, torchrun and both workers) after a checkpoint;
     the rerun resumes from it and ends with the uninterrupted run's exact weights."""
-    config = _config(max_steps=16, save_steps=4)
+    config = _config(max_steps=8, save_steps=2)
     config["methods"]["sft_z3"]["per_device_batch_size"] = 1  # slower steps: time to kill
     run = _run("sft_z3")
     works = {}
@@ -165,8 +165,8 @@ def test_zero3_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
 
     work = works["killed"]
     snakemake(work, str(paths.prepared("tiny", "secure_code")), str(run.run_config), "--cores", "2")
-    killed_at = kill_mid_run(work, run.final, after_step=4, cores="2")
-    assert killed_at < 16
+    killed_at = kill_mid_run(work, run.final, after_step=2, cores="2")
+    assert killed_at < 8
 
     snakemake(work, str(run.final), "--cores", "2", "--rerun-incomplete", timeout=1200)
     log = (work / run.log()).read_text()
@@ -176,7 +176,7 @@ def test_zero3_sigkill_then_resume_matches_uninterrupted(tmp_path: Path):
     b = load_file(works["straight"] / run.final / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (work / run.metrics).read_text().splitlines()]
-    assert steps == list(range(1, 17))
+    assert steps == list(range(1, 9))
 
 
 def test_the_8bit_optimizer_trains(trained: Path):

@@ -47,6 +47,8 @@ OPTIMIZERS = {
 }
 DECAY = {"constant": "constant", "linear": "linear", "cosine": "cosine"}
 _CHECKPOINT = re.compile(r"epoch_(\d+)_step_(\d+)")
+#: What ``target_modules: all-linear`` leaves out (Automodel's module patterns).
+ALL_LINEAR_EXCEPT = ("lm_head", "*.lm_head", "*.out_proj")
 
 
 def _refuse(where: str, key: str, message: str):
@@ -311,9 +313,10 @@ def _peft(lora: Mapping[str, Any]) -> dict[str, Any]:
     }
     targets = lora["target_modules"]
     if targets == "all-linear":
-        # PEFT's all-linear: every projection, never the output head (Automodel's own
-        # match_all_linear would adapt lm_head too)
-        peft["target_modules"] = ["*_proj"]
+        # PEFT's all-linear: every linear layer but the output head (Automodel's own
+        # match_all_linear adapts lm_head too) — and not a Mamba mixer's out_proj, where
+        # PEFT refuses to load a LoRA (so the adapter would be unusable for evaluation)
+        peft["exclude_modules"] = list(ALL_LINEAR_EXCEPT)
     else:
         names = [targets] if isinstance(targets, str) else list(targets)
         peft["target_modules"] = [f"*.{name}" for name in names]
