@@ -104,6 +104,7 @@ def build(
     seed: int = 0,
     architecture: str = "llama",
     pattern: str | None = None,
+    tie_word_embeddings: bool | None = None,
 ) -> Path:
     """Write a tiny model + tokenizer to ``out_dir`` (which must not exist yet).
 
@@ -130,13 +131,17 @@ def build(
             **common,
             num_hidden_layers=num_layers or 2,
             num_key_value_heads=num_heads,
-            tie_word_embeddings=True,
+            tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings,
         )
         model_class = LlamaForCausalLM
     elif architecture == "nemotron_h":
         from transformers import NemotronHConfig, NemotronHForCausalLM
 
-        config = NemotronHConfig(**common, **_nemotron_h(hidden_size, num_heads, pattern))
+        config = NemotronHConfig(
+            **common,
+            **_nemotron_h(hidden_size, num_heads, pattern),
+            tie_word_embeddings=bool(tie_word_embeddings),
+        )
         model_class = NemotronHForCausalLM
     else:
         raise ValueError(f"architecture {architecture!r} (allowed: {', '.join(ARCHITECTURES)})")
@@ -176,5 +181,4 @@ def _nemotron_h(hidden_size: int, num_heads: int, pattern: str | None) -> dict:
         n_shared_experts=1,
         n_group=1,
         topk_group=1,
-        tie_word_embeddings=False,
     )
