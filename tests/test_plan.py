@@ -277,6 +277,7 @@ def test_completed_jobs_are_listed_as_done_and_not_counted(tmp_path: Path):
     """Run one LoRA seed of the tiny default (1 'GPU' × 30 min), then plan the rest."""
     workdir = _copy(tmp_path / "ftflow")
     config = load_default_config()
+    config["grid"] = [block for block in config["grid"] if block["models"] == ["tiny"]]
     config["methods"]["lora"]["resources"] = {"gpus_per_node": 1, "runtime": 30}
     write_config(workdir, config)  # on a CPU, 1 GPU per node is one process on the CPU
     before = plan.main(None, workdir=workdir, cost_per_gpu_hour=COST)

@@ -30,7 +30,7 @@ def _mtimes(root: Path) -> dict[str, float]:
 
 
 def test_default_run_produces_every_run(default_run: Path):
-    assert len(RUNS) == 10
+    assert len(RUNS) == 12  # TRL: 8 SFT/LoRA + 2 DPO; Automodel: SFT + LoRA of tiny_hybrid
     for run in RUNS:
         d = default_run / paths.run_dir(**run.wildcards)
         assert (d / "run.yaml").is_file()
@@ -198,7 +198,10 @@ def test_evaluation_covers_every_run_and_the_base_rows(default_run: Path):
         zip(table.model, table.method, table.dataset, strict=True)
     )
     assert len(table) == len({(r.model, r.method, r.dataset) for r in ftconfig.eval_runs(DEFAULT)})
-    assert (table.n_seeds == 2).all()
+    seeds = {
+        m: {s for b in DEFAULT["grid"] if m in b["models"] for s in b["seeds"]} for m in table.model
+    }
+    assert (table.n_seeds == [len(seeds[m]) for m in table.model]).all()
     png = default_run / paths.REPORT_EVAL_FIGURE.format(evaluation="em_demo")
     assert png.read_bytes()[:4] == b"\x89PNG"
     lm = pd.read_csv(default_run / paths.REPORT_LM_EVAL_TABLE.format(evaluation="secure_choice"))

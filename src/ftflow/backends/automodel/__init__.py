@@ -47,6 +47,8 @@ OPTIMIZERS = {
 }
 DECAY = {"constant": "constant", "linear": "linear", "cosine": "cosine"}
 _CHECKPOINT = re.compile(r"epoch_(\d+)_step_(\d+)")
+#: Automodel's own files that final/ does not need.
+SKIPPED_IN_FINAL = ("automodel_peft_config.json",)
 #: What ``target_modules: all-linear`` leaves out (Automodel's module patterns).
 ALL_LINEAR_EXCEPT = ("lm_head", "*.lm_head", "*.out_proj")
 
@@ -157,9 +159,15 @@ class AutomodelBackend:
         wanted = "config.json" if spec.method.kind == "sft" else "adapter_config.json"
         if not (source / wanted).is_file():
             raise RuntimeError(f"{source}: no {wanted}; Automodel did not export the model")
+        shards = sorted(source.glob("model-*-of-*.safetensors"))
+        single = len(shards) == 1  # one shard: the plain model.safetensors, as TRL writes
         for item in source.iterdir():
-            if item.is_file() and item.name != "automodel_peft_config.json":
-                shutil.copy2(item, dest / item.name)
+            if not item.is_file() or item.name in SKIPPED_IN_FINAL:
+                continue
+            if single and item.name == "model.safetensors.index.json":
+                continue
+            name = "model.safetensors" if single and item == shards[0] else item.name
+            shutil.copy2(item, dest / name)
 
     def metrics(self, spec: RunSpec) -> list[dict[str, Any]]:
         """Contract rows from Automodel's ``training.jsonl`` (steps counted from 1)."""
