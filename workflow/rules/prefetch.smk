@@ -46,6 +46,8 @@ rule prefetch_questions:
     conda:
         "../../envs/trl.yaml"
     params:
-        source=lambda wildcards: config["evaluations"][wildcards.evaluation]["questions"],
+        source=lambda wildcards: config["evaluations"][wildcards.evaluation][
+            "questions"
+        ],
     script:
         "../scripts/prefetch_dataset.py"
