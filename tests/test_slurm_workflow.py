@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(not _OK, r
 
 LOCAL_RULES = {"prefetch_model", "prefetch_dataset", "configure_run", "report",
                "summarize_answers", "compare_runs", "prefetch_eval_tasks", "compare_lm_eval",
-               "all"}  # fmt: skip
+               "render_launch_file", "prefetch_questions", "all"}  # fmt: skip
 
 
 PROFILE = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1")
