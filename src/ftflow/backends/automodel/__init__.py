@@ -193,9 +193,9 @@ class AutomodelBackend:
 
 
 def _is_main() -> bool:
-    import os
+    from ftflow.lifecycle import rank
 
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank()[0] == 0
 
 
 def _keep_metrics_until(log: Path, last_step: int) -> None:

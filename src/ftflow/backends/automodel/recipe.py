@@ -15,15 +15,14 @@ for the lifecycle's two needs and nothing else:
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from ftflow.backends import COMPLETE_MARKER
-from ftflow.lifecycle import NonFiniteLossError
+from ftflow.lifecycle import NonFiniteLossError, rank
 
 
 def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank()[0] == 0
 
 
 def _recipe_class():
