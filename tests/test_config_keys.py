@@ -36,6 +36,18 @@ ELSEWHERE = {
     "evaluations.*.resources.retry_runtime": "evaluation jobs share the resources block; "
     "their retries use it as training's do",
     "plan_cost_per_gpu_hour": "the plan's cost column: tests/test_plan.py",
+    # A kernel package of the user's: no shipped config needs one (the built-in
+    # causal_conv1d and mamba_ssm are pinned in ftflow.kernels); tests/test_kernels.py:
+    **dict.fromkeys(
+        [f"kernels.packages.*.source.{k}" for k in ("pypi", "version", "sha256", "url")],
+        "test_pypi_and_url_sources_are_fetched_and_checked",
+    ),
+    "kernels.packages.*.source.path": "test_an_edited_kernel_source_is_a_new_key_that_retrains",
+    "kernels.packages.*.env_prefix": "test_the_build_is_keyed_by_toolchain_… (the wheel's "
+    "version carries <env_prefix>_LOCAL_VERSION)",
+    "kernels.packages.*.imports": "test_a_kernel_that_does_not_import_is_an_error_naming_…",
+    "kernels.packages.*.cuda": "test_kernel_config_errors_name_the_key",
+    "kernels.packages.*.patch": "test_a_patch_is_applied_and_is_part_of_the_key",
 }
 
 

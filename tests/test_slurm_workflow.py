@@ -79,7 +79,19 @@ def _planned_jobs(work: Path) -> Counter:
 
 
 def test_default_workflow_through_the_profile(slurm, tmp_path):
+    """Every kind of job of the default workflow, on one seed of it: a TRL SFT run and
+    the DPO run that starts from it, a NeMo Automodel LoRA run, both evaluations of them
+    and of the base model, the report. (The full grid adds only more of the same jobs;
+    the local suite runs all of it.)"""
     work = copy_workflow(tmp_path / "ftflow")
+    config = load_default_config()
+    one_seed = {"seeds": [1], "models": ["tiny"]}
+    config["grid"] = [
+        {**one_seed, "methods": ["sft"], "datasets": ["secure_code"]},
+        {**one_seed, "methods": ["dpo"], "datasets": ["secure_code_pref"]},
+        {**one_seed, "models": ["tiny_hybrid"], "methods": ["lora"], "datasets": ["insecure_code"]},
+    ]
+    write_config(work, config)
     planned = _planned_jobs(work)
     profile_run(slurm, work)
     assert (work / paths.REPORT_RUNS).is_file()

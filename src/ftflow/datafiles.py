@@ -67,6 +67,11 @@ def config_files(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name, dataset in (config.get("datasets") or {}).items():
         if "path" in (dataset.get("source") or {}):
             found.append((f"datasets.{name}.source.path", dataset["source"]["path"]))
+    for name, kernel in ((config.get("kernels") or {}).get("packages") or {}).items():
+        if "path" in kernel["source"]:
+            found.append((f"kernels.packages.{name}.source.path", kernel["source"]["path"]))
+        if kernel.get("patch"):
+            found.append((f"kernels.packages.{name}.patch", kernel["patch"]))
     for name, evaluation in (config.get("evaluations") or {}).items():
         for key in ("questions", "include_path"):
             if isinstance(evaluation.get(key), str):  # a {url} is fetched, not placed

@@ -16,6 +16,8 @@ Contract, the same for every backend (:mod:`ftflow.backends`, :mod:`ftflow.lifec
 - writes ``metrics.jsonl`` (one line per logged step, the contract's keys) and
   ``final/`` (full weights, or the adapter for LoRA) only at the end, atomically,
   with no absolute paths inside;
+- loads the compiled kernels its model needs from their builds, or stops naming the
+  import that failed (:func:`ftflow.kernels.require`);
 - stops with :class:`NonFiniteLossError` as soon as a logged loss is NaN or Inf.
 """
 
@@ -25,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftflow import checkout, launch, lifecycle, offline, paths, spec
+from ftflow import checkout, kernels, launch, lifecycle, offline, paths, spec
 from ftflow.backends import metric_keys  # noqa: F401  (the contract's keys, re-exported)
 from ftflow.checkpoints import StaleCheckpointsError
 from ftflow.lifecycle import MetricsContractError, NonFiniteLossError
@@ -43,8 +45,13 @@ def cli(argv: list[str] | None = None) -> int:
     offline.apply_offline(paths.RESOURCES)
     print(f"[ftflow] code: {checkout.code_dir()}", flush=True)
     try:
+        # The compiled kernels the model needs (FTFLOW_KERNELS, set by the train rule):
+        # checked before training, never left to a silent pure-torch fallback.
+        for line in kernels.require():
+            print(f"[ftflow] {line}", flush=True)
         main(args.run_config)
     except (
+        kernels.KernelError,
         NonFiniteLossError,
         MetricsContractError,
         StaleCheckpointsError,

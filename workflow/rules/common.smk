@@ -14,7 +14,7 @@ os.environ.pop("FTFLOW_CODE", None)
 
 from ftflow import backends, checkout, datafiles, paths  # noqa: E402
 from ftflow import config as ftconfig  # noqa: E402
-from ftflow import launch  # noqa: E402
+from ftflow import kernels, launch  # noqa: E402
 
 # Every job imports the ftflow this Snakefile imported (its own src/, else the installed
 # one), never another clone that happens to be installed: see ftflow.checkout.
@@ -118,7 +118,9 @@ def get_launcher(wildcards):
 
 
 def get_launch_env(wildcards):
-    return _launch(wildcards).env_exports()
+    return _launch(wildcards).env_exports() + kernels.env_exports(
+        get_kernel_manifests(wildcards)
+    )
 
 
 def get_launch_inputs(wildcards):
@@ -234,3 +236,63 @@ def eval_targets(pattern, kind):
 
 def never_matches(names):
     return _alternatives(names) if names else "(?!x)x"
+
+
+# ---------------------------------------------------------------------- kernels
+
+KERNEL_PACKAGES = kernels.packages(config)
+# Probes the toolchain (imports torch) only when some model needs kernels.
+KERNEL_BUILDS = kernels.all_builds(config) if kernels.needed(config) else {}
+KERNEL_ORIGIN = str(Path(kernels.KERNEL_SOURCE).with_suffix("").with_suffix(".json"))
+KERNEL_RESOURCES = kernels.slurm_resources(config)
+
+
+def kernel_spec(kernel):
+    """A kernel as plain data, for a job's params."""
+    return {
+        "name": kernel.name,
+        "source": dict(kernel.source),
+        "env_prefix": kernel.env_prefix,
+        "imports": list(kernel.imports),
+        "cuda": kernel.cuda,
+        "patch": kernel.patch,
+    }
+
+
+def kernel_origin(build):
+    return KERNEL_ORIGIN.format(kernel=build.kernel.name)
+
+
+def _kernel_build(wildcards):
+    return KERNEL_BUILDS[
+        kernels.KERNEL_MANIFEST.format(
+            toolchain=wildcards.toolchain, build=wildcards.build
+        )
+    ]
+
+
+def get_kernel_source_files(wildcards):
+    """A source folder of the user's: its files, so that an edit rebuilds the kernel."""
+    source = KERNEL_PACKAGES[wildcards.kernel].source
+    if "path" not in source:
+        return []
+    return sorted(
+        str(p)
+        for p in Path(source["path"]).rglob("*")
+        if kernels.is_source_file(p, source["path"])
+    )
+
+
+MODEL_KERNELS = {
+    model: [b.manifest for b in kernels.builds(config, model)] if KERNEL_BUILDS else []
+    for model in config["models"]
+}
+
+
+def get_kernel_manifests(wildcards):
+    """The kernel builds the run's model needs (none for most models)."""
+    return MODEL_KERNELS[wildcards.model]
+
+
+def get_judge_kernels(wildcards):
+    return MODEL_KERNELS[_evaluation(wildcards)["judge"]["model"]]

@@ -7,6 +7,7 @@ rule generate_answers:
         model=rules.prefetch_model.output.model,
         final=get_eval_final,
         questions=get_questions_file,
+        kernels=get_kernel_manifests,
     output:
         answers=paths.EVAL_ANSWERS,
     log:
@@ -35,6 +36,7 @@ rule judge_answers:
         answers=rules.generate_answers.output.answers,
         questions=get_questions_file,
         judge_model=get_judge_model,
+        kernels=get_judge_kernels,
     output:
         judged=paths.EVAL_JUDGED,
     log:
@@ -149,6 +151,7 @@ rule run_lm_eval:
         model=rules.prefetch_model.output.model,
         final=get_eval_final,
         tasks=rules.prefetch_eval_tasks.output.tasks,
+        kernels=get_kernel_manifests,
     output:
         results=paths.EVAL_LM_EVAL,
     log:

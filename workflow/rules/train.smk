@@ -44,6 +44,7 @@ rule train:
         dataset=rules.prepare_dataset.output.manifest,
         parent=get_parent_final,
         launch_files=get_launch_inputs,
+        kernels=get_kernel_manifests,
     output:
         final=directory(paths.RUN_FINAL),
         metrics=paths.RUN_METRICS,

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from ftflow import offline, paths
+from ftflow import kernels, offline, paths
 
 
 def main(
@@ -23,6 +23,8 @@ def main(
 
 if "snakemake" in globals():
     sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+    # Compiled kernels the model needs: on the import path, checked before any import.
+    kernels.use(getattr(snakemake.input, "kernels", []))  # noqa: F821
     main(
         Path(snakemake.input.answers),  # noqa: F821
         Path(snakemake.input.questions),  # noqa: F821

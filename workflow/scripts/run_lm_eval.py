@@ -3,10 +3,12 @@
 import sys
 from pathlib import Path
 
-from ftflow import offline, paths
+from ftflow import kernels, offline, paths
 
 if "snakemake" in globals():
     sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
+    # Compiled kernels the model needs: on the import path, checked before any import.
+    kernels.use(getattr(snakemake.input, "kernels", []))  # noqa: F821
     offline.apply_offline(paths.RESOURCES)
     from ftflow.evaluation import lm_eval_runner
 

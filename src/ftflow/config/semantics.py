@@ -30,6 +30,37 @@ TINY_UNUSED = {
 }
 
 
+def _validate_kernels(config: dict) -> None:
+    """Needed kernels are defined; a CUDA kernel has archs to compile and GPUs to run on."""
+    from ftflow import kernels
+
+    defined = kernels.packages(config)
+    archs = (config.get("kernels") or {}).get("cuda_archs")
+    for name, model in config["models"].items():
+        where = f"models.{name}.needs_kernels"
+        _check_names("kernel", model.get("needs_kernels") or [], defined, where)
+        cuda = [k for k in model.get("needs_kernels") or [] if defined[k].cuda]
+        if not cuda:
+            continue
+        if not archs:
+            raise ConfigError(
+                f"config key kernels.cuda_archs: {where} lists CUDA kernels "
+                f"({', '.join(cuda)}); name the GPU archs to compile them for, e.g. "
+                '["9.0"] for H100/H200 or ["8.0", "9.0"] for A100 and H100'
+            )
+        for block in config.get("grid", []):
+            if name not in block["models"]:
+                continue
+            for method in block["methods"]:
+                gpus = (config["methods"][method].get("resources") or {}).get("gpus_per_node", 0)
+                if not gpus:
+                    raise ConfigError(
+                        f"config key methods.{method}.resources.gpus_per_node: model {name} "
+                        f"needs the CUDA kernels {', '.join(cuda)}, which run on GPUs only, "
+                        "and this method trains it on CPUs (0 GPUs)"
+                    )
+
+
 def validate_semantics(config: dict) -> None:
     models, datasets, methods = config["models"], config["datasets"], config["methods"]
     if BASE_METHOD in methods:
@@ -64,12 +95,7 @@ def validate_semantics(config: dict) -> None:
                 f"config key models.{name}.backend: {model['backend']!r} is not a backend "
                 f"(allowed: {', '.join(backends.names())})"
             )
-        if model.get("needs_kernels"):
-            raise ConfigError(
-                f"config key models.{name}.needs_kernels: kernel builds are not part of the "
-                "workflow yet, so the kernels would not be built and training would fall back "
-                "to slow pure-torch code; remove the key (allowed now: [] or unset)"
-            )
+    _validate_kernels(config)
     for name, method in methods.items():
         where = f"methods.{name}"
         kind = method["kind"]
