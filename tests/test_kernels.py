@@ -12,10 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
+import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -236,20 +239,21 @@ def test_a_kernel_that_does_not_import_is_an_error_naming_the_import(tmp_path: P
 
 
 class _Index:
-    """A package index on 127.0.0.1 (PEP 691 JSON or PEP 503 HTML) serving one sdist."""
+    """A package index on 127.0.0.1 (PEP 691 JSON or PEP 503 HTML) serving sdists."""
 
-    def __init__(self, root: Path, sdist: Path, html: bool):
-        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-        page = root / "simple" / "demo-kernel"
-        page.mkdir(parents=True)
-        shutil.copy(sdist, root / sdist.name)
-        if html:
-            link = f'<a href="../../{sdist.name}#sha256={digest}">{sdist.name}</a>'
-            (page / "index.html").write_text(f"<html><body>{link}</body></html>")
-        else:
-            listing = {"files": [{"filename": sdist.name, "url": f"../../{sdist.name}",
-                                  "hashes": {"sha256": digest}}]}  # fmt: skip
-            (page / "index.html").write_text(json.dumps(listing))
+    def __init__(self, root: Path, sdists: dict[str, Path], html: bool = False):
+        for project, sdist in sdists.items():
+            digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+            page = root / "simple" / project
+            page.mkdir(parents=True)
+            shutil.copy(sdist, root / sdist.name)
+            if html:
+                link = f'<a href="../../{sdist.name}#sha256={digest}">{sdist.name}</a>'
+                (page / "index.html").write_text(f"<html><body>{link}</body></html>")
+            else:
+                listing = {"files": [{"filename": sdist.name, "url": f"../../{sdist.name}",
+                                      "hashes": {"sha256": digest}}]}  # fmt: skip
+                (page / "index.html").write_text(json.dumps(listing))
         handler = partial(SimpleHTTPRequestHandler, directory=str(root))
         handler.log_message = lambda *a: None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -261,7 +265,7 @@ class _Index:
 def test_pypi_and_url_sources_are_fetched_and_checked(tmp_path: Path, monkeypatch, html):
     sdist = fetch.pack(DEMO, tmp_path / "demo_kernel-0.1.0.tar.gz", top="demo_kernel-0.1.0")
     digest = files.sha256_file(sdist)
-    index = _Index(tmp_path / "index", sdist, html)
+    index = _Index(tmp_path / "index", {"demo-kernel": sdist}, html)
     monkeypatch.setenv("PIP_INDEX_URL", index.url)
     kernel = kernels.Kernel(
         "demo", {"pypi": "demo_kernel", "version": "0.1.0", "sha256": digest},
@@ -332,3 +336,96 @@ def test_kernel_config_errors_name_the_key():
     assert "model tiny needs the CUDA kernels demo" in _refusal(config)
     config["kernels"]["packages"]["demo"]["cuda"] = False
     ftconfig.validate(config)
+
+
+def test_a_setup_py_that_ignores_force_build_fails_clearly(tmp_path: Path, monkeypatch):
+    """A wrong env_prefix leaves the package's prebuilt-wheel download on: a clear error."""
+    monkeypatch.chdir(tmp_path)
+    config = {"models": {"m": {"needs_kernels": ["demo"]}},
+              "kernels": {"packages": {"demo": {**DEMO_KERNEL, "source": {"path": str(DEMO)},
+                                                "env_prefix": "DEMO"}}}}  # fmt: skip
+    (planned,) = kernels.builds(config, "m")
+    archive = tmp_path / "demo.tar.gz"
+    origin = fetch.fetch(planned.kernel, archive)
+    with pytest.raises(kernels.KernelError, match="ignores DEMO_FORCE_BUILD=TRUE"):
+        build.build(planned, archive, origin, Path(planned.manifest), max_jobs=1)
+    assert not planned.directory.exists()
+
+
+def test_the_em_dag_builds_the_kernels_before_training():
+    proc = snakemake(REPO, "--rulegraph", "--configfile",
+                     "config/experiments/emergent_misalignment.yaml")  # fmt: skip
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', proc.stdout, re.M))
+    edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", proc.stdout, re.M)}
+    assert ("prefetch_kernel_sources", "build_kernels") in edges
+    assert ("build_kernels", "train") in edges
+    assert ("build_kernels", "generate_answers") in edges
+
+
+REAL = {name: kernels.BUILTIN[name]["source"] for name in ("causal_conv1d", "mamba_ssm")}
+
+
+@pytest.fixture(scope="module")
+def real_sdists(tmp_path_factory) -> dict[str, Path]:
+    """The real sdists, from the package index (PyPI is what these machines reach)."""
+    out = tmp_path_factory.mktemp("sdists")
+    found = {}
+    for source in REAL.values():
+        try:
+            (sdist,) = [f for f in fetch.index_files(source["pypi"], timeout=20)
+                        if f["filename"].endswith(f"-{source['version']}.tar.gz")]  # fmt: skip
+            urllib.request.urlretrieve(sdist["url"], out / sdist["filename"])
+        except (kernels.KernelError, OSError) as error:
+            pytest.skip(f"the package index is not reachable: {error}")
+        found[source["pypi"]] = out / sdist["filename"]
+    return found
+
+
+def test_the_real_kernel_sources_are_prefetched_and_match_their_pins(real_sdists, tmp_path):
+    """Through the real rule, from a local index serving the real archives."""
+    work = copy_workflow(tmp_path / "ftflow")
+    config = load_default_config()
+    config["models"]["tiny"]["needs_kernels"] = ["causal_conv1d", "mamba_ssm"]
+    config["kernels"] = {"cuda_archs": ["9.0"]}
+    for method in config["methods"].values():
+        method["resources"]["gpus_per_node"] = 1
+    write_config(work, config)
+    index = _Index(tmp_path / "index", real_sdists)
+    snakemake(work, "--cores", "1", "--until", "prefetch_kernel_sources",
+              env={"PIP_INDEX_URL": index.url})  # fmt: skip
+    for name, source in REAL.items():
+        archive = work / kernels.KERNEL_SOURCE.format(kernel=name)
+        assert files.sha256_file(archive) == source["sha256"]
+        origin = json.loads(archive.with_suffix("").with_suffix(".json").read_text())
+        assert origin["version"] == source["version"] and origin["url"].startswith(
+            index.url.removesuffix("simple")
+        )
+        # The shipped arch patch applies to the pinned source.
+        tree = tmp_path / name
+        tree.mkdir()
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
+        (top,) = tree.iterdir()
+        patch = kernels.BUILTIN[name]["patch"]
+        proc = subprocess.run(["patch", "-p1", "--dry-run", "-i", patch], cwd=top,
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    index.server.shutdown()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fallback check runs on a GPU")
+def test_on_a_gpu_a_kernel_that_does_not_load_stops_the_job(tmp_path: Path, monkeypatch):
+    """A Nemotron-H job whose causal_conv1d build is broken stops instead of running
+    transformers' pure-torch path."""
+    monkeypatch.chdir(tmp_path)
+    major, minor = torch.cuda.get_device_capability()
+    manifest = tmp_path / "resources/kernels/tc/causal_conv1d-0.json"
+    (manifest.with_suffix("") / "site").mkdir(parents=True)
+    files.write_json(manifest, {
+        "kernel": "causal_conv1d", "version": "1.7.0", "toolchain": kernels.probe(),
+        "cuda": True, "cuda_archs": [f"{major}.{minor}"],
+        "imports": kernels.BUILTIN["causal_conv1d"]["imports"],
+    })  # fmt: skip
+    with pytest.raises(kernels.KernelError, match="causal_conv1d:causal_conv1d_fn"):
+        kernels.require([str(manifest)])

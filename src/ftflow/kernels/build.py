@@ -183,11 +183,21 @@ def _compile(build: Build, archive: Path, origin: Mapping, staging: Path, max_jo
     tree = _unpack(archive, staging / "src")
     _patch(kernel, tree)
     env = _build_env(build, max_jobs)
-    output = _run_logged(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "-v", "--wheel-dir", str(staging / "wheels"), str(tree)],
-        env, staging,
-    )  # fmt: skip
+    try:
+        output = _run_logged(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+             "--no-index", "-v", "--wheel-dir", str(staging / "wheels"), str(tree)],
+            env, staging,
+        )  # fmt: skip
+    except KernelError as error:
+        if re.search(r"urlopen error|Connection refused|Name or service not known|wheel URL",
+                     str(error)):  # fmt: skip
+            raise KernelError(
+                f"build {build.name}: the package's setup.py tried to download a prebuilt "
+                f"wheel, which a compute node cannot: it ignores "
+                f"{kernel.env_prefix}_FORCE_BUILD=TRUE (is env_prefix right?)\n{error}"
+            ) from error
+        raise
     wheels = sorted((staging / "wheels").glob("*.whl"))
     if len(wheels) != 1:
         raise KernelError(f"build {build.name}: expected one wheel, pip made {len(wheels)}")
