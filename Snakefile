@@ -32,6 +32,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/prefetch.smk"
 include: "workflow/rules/kernels.smk"
 include: "workflow/rules/dataset.smk"
+include: "workflow/rules/sanity.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/eval.smk"
@@ -47,3 +48,4 @@ rule all:
             evaluation=_evals("questions"),
         ),
         expand(paths.REPORT_LM_EVAL_TABLE, evaluation=_evals("lm_eval")),
+        rules.report_stages.output if stage_targets(paths.SANITY_VERDICT) else [],

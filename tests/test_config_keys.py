@@ -35,6 +35,8 @@ ELSEWHERE = {
     "tests/test_slurm_workflow.py::test_time_limit_kill_retry_resume (sacct reads it back)",
     "evaluations.*.resources.retry_runtime": "evaluation jobs share the resources block; "
     "their retries use it as training's do",
+    "methods.*.stages.[].resources.retry_runtime": "a sanity job's retry time limit "
+    "(get_stage_runtime, as get_train_runtime for training)",
     "plan_cost_per_gpu_hour": "the plan's cost column: tests/test_plan.py",
     # A kernel package of the user's: no shipped config needs one (the built-in
     # causal_conv1d and mamba_ssm are pinned in ftflow.kernels); tests/test_kernels.py:

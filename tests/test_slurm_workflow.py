@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(not _OK, r
 
 LOCAL_RULES = {"prefetch_model", "prefetch_dataset", "configure_run", "report",
                "summarize_answers", "compare_runs", "prefetch_eval_tasks", "compare_lm_eval",
-               "render_launch_file", "prefetch_questions", "all"}  # fmt: skip
+               "render_launch_file", "prefetch_questions", "prefetch_kernel_sources",
+               "configure_stage", "render_stage_launch_file", "report_stages", "all"}  # fmt: skip
 
 
 PROFILE = ("--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1")
@@ -163,13 +164,26 @@ class Uninterrupted:
 
 
 def test_gpu_training_job_asks_exactly_what_its_config_says(slurm, tmp_path):
+    """A staged method: its sanity stage (1 GPU) and its full run (2 GPUs) are two SLURM
+    jobs, each asking for its own resources."""
     work = copy_workflow(tmp_path / "ftflow")
+    stage = {
+        "name": "gpu1",
+        "max_steps": 2,
+        "health": {"loss_drop": 0.0, "window": 1},
+        "resources": {"gpus_per_node": 1, "cpus_per_task": 1, "mem_mb": 1200, "runtime": 5},
+    }
     config = _gpu_config(
         max_steps=4,
         resources={"gpus_per_node": 2, "cpus_per_task": 1, "mem_mb": 1500, "runtime": 7},
+        stages=[stage],
     )
     write_config(work, config)
     profile_run(slurm, work)
+    (sanity,) = _jobs(slurm, work, "sanity")
+    tres = parse_tres(sanity["AllocTRES"])
+    assert (tres["gres/gpu"], tres["mem"], sanity["Timelimit"]) == ("1", "1200M", "00:05:00")
+    assert sanity["State"] == "COMPLETED"
     rows = _jobs(slurm, work, "train")
     assert len(rows) == 1, rows
     row = rows[0]

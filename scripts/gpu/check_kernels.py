@@ -85,7 +85,9 @@ def compare(records: dict[str, dict]) -> dict[str, float]:
         out.float().sum().backward()
         expected.sum().backward()
         fwd = (out.float() - expected).abs().max().item()
-        bwd = max((a.grad.float() - b.grad).abs().max().item() for a, b in zip(ins, ref_ins))
+        bwd = max(
+            (a.grad.float() - b.grad).abs().max().item() for a, b in zip(ins, ref_ins, strict=True)
+        )
         errors[name] = {"forward_max_abs": fwd, "backward_max_abs": bwd}
         say(f"{name}: bf16 kernel vs fp32 reference, max |diff| fwd {fwd:.3g}, bwd {bwd:.3g}")
 

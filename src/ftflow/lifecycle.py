@@ -126,6 +126,13 @@ def finish(spec: RunSpec, backend: Backend, trained) -> Path:
     if main:
         rows = backend.metrics(spec)
         check_metrics(rows, spec.method.kind, f"{spec.paths.checkpoints} ({backend.name})")
+    if spec.stage:  # a sanity stage is judged by its metrics; its weights are not kept
+        if main:
+            files.write_jsonl(rows, spec.paths.metrics)
+            checkpoints.mark_finished(spec.paths.checkpoints)
+            _say(f"stage {spec.stage} finished after step {rows[-1]['step']}")
+        return spec.paths.metrics
+    if main:
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir(parents=True)
     try:

@@ -37,6 +37,10 @@ RUN_FINAL = f"{RUN_DIR}/final"
 RUN_METRICS = f"{RUN_DIR}/metrics.jsonl"
 RUN_CHECKPOINTS = f"{RUN_DIR}/checkpoints"
 RUN_LAUNCH_FILE = f"{RUN_DIR}/launch/{{launch_file}}"
+RUN_SANITY = f"{RUN_DIR}/sanity/{{stage}}"
+SANITY_CONFIG = f"{RUN_SANITY}/run.yaml"
+SANITY_VERDICT = f"{RUN_SANITY}/verdict.json"
+SANITY_LAUNCH_FILE = f"{RUN_SANITY}/launch/{{launch_file}}"
 RUN_EVAL = f"{RUN_DIR}/eval/{{evaluation}}"
 EVAL_ANSWERS = f"{RUN_EVAL}/answers.jsonl"
 EVAL_JUDGED = f"{RUN_EVAL}/judged.jsonl"
@@ -59,6 +63,8 @@ REPORT_EVAL_TABLE = f"{REPORT_EVAL}/comparison.csv"
 REPORT_EVAL_QUESTIONS = f"{REPORT_EVAL}/by_question.csv"
 REPORT_EVAL_FIGURE = f"{REPORT_EVAL}/misaligned_by_question.png"
 REPORT_LM_EVAL_TABLE = f"{REPORT_EVAL}/lm_eval.csv"
+REPORT_STAGES = f"{REPORT_DIR}/stages.csv"
+REPORT_STAGES_FIGURE = f"{REPORT_DIR}/stages_loss.png"
 
 
 @dataclass(frozen=True, order=True)
@@ -108,9 +114,15 @@ def parse_run(path: str | Path) -> Run:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Every path of one run, relative to the workflow root."""
+    """Every path of one run, relative to the workflow root.
+
+    With ``stage``, the paths of that sanity stage of the run: a short training of its own
+    under ``results/<run>/sanity/<stage>/`` (run.yaml, launch/, checkpoints/, metrics.jsonl
+    and the stage's ``verdict.json``).
+    """
 
     run: Run
+    stage: str | None = None
 
     @classmethod
     def of(cls, model: str, method: str, dataset: str, seed: int) -> RunPaths:
@@ -118,7 +130,12 @@ class RunPaths:
 
     @property
     def root(self) -> Path:
-        return RESULTS / str(self.run)
+        base = RESULTS / str(self.run)
+        return base / "sanity" / self.stage if self.stage else base
+
+    @property
+    def verdict(self) -> Path:
+        return self.root / "verdict.json"
 
     @property
     def run_config(self) -> Path:
@@ -141,12 +158,15 @@ class RunPaths:
         return self.root / "launch" / name
 
     def sanity(self, stage: str) -> Path:
-        return self.root / "sanity" / stage
+        return RESULTS / str(self.run) / "sanity" / stage
 
     def eval_dir(self, evaluation: str) -> Path:
         return self.root / "eval" / evaluation
 
-    def log(self, rule: str = "train", *extra: str) -> Path:
+    def log(self, rule: str | None = None, *extra: str) -> Path:
+        """The log of ``rule`` (default: the training of this run, or of this stage)."""
+        if rule is None:
+            rule, extra = ("sanity", (self.stage,)) if self.stage else ("train", ())
         return Path(log(rule, str(self.run), *extra))
 
     def benchmark(self, rule: str = "train", *extra: str) -> Path:

@@ -6,6 +6,7 @@ Reads only ``metrics.jsonl`` files, whose location encodes the run identity
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -78,3 +79,62 @@ def loss_figures(metrics_files: list[Path], figures: list[Path]) -> None:
         Path(figure).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(figure, dpi=100)
         plt.close(fig)
+
+
+def stages_table(verdicts: list[Path]) -> pd.DataFrame:
+    """One row per sanity stage of each run (ftflow.health verdicts): the verdict, the
+    failed checks, loss drop, grad-norm range, throughput (in all, per process, and the
+    scaling efficiency against the run's previous stage), peak memory and the full run's
+    projected time and GPU-hours."""
+    rows = []
+    previous: dict[str, dict] = {}
+    for path in verdicts:
+        v = json.loads(Path(path).read_text())
+        checks = {c["check"]: c for c in v["checks"]}
+        per_process = v["tokens_per_second_per_process"]
+        before = previous.get(v["run"])
+        rows.append({
+            **identity(path),
+            "stage": v["stage"],
+            "healthy": v["healthy"],
+            "failed": ", ".join(c["check"] for c in v["checks"] if not c["ok"]),
+            "steps": v["steps"],
+            "processes": v["processes"],
+            "gpus": v["gpus"],
+            "distributed": v["distributed"],
+            "optimizer": v["optimizer"],
+            "loss_drop": checks.get("loss_fell", {}).get("value"),
+            "grad_norm_range": checks.get("grad_norm_in_range", {}).get("value"),
+            "reward_accuracy": checks.get("reward_accuracy", {}).get("value"),
+            "tokens_per_second": v["tokens_per_second"],
+            "tokens_per_second_per_process": per_process,
+            "scaling_efficiency": round(per_process / before["tokens_per_second_per_process"], 3)
+            if before and before["tokens_per_second_per_process"] else None,
+            "peak_memory_mb": v["peak_memory_mb"],
+            "projected_full_hours": v.get("projected_full_hours"),
+            "projected_full_gpu_hours": v.get("projected_full_gpu_hours"),
+        })  # fmt: skip
+        previous[v["run"]] = v
+    return pd.DataFrame(rows)
+
+
+def stages_figure(verdicts: list[Path], out: Path) -> None:
+    """Each stage's loss curve, one line per run and stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for path in verdicts:
+        v = json.loads(Path(path).read_text())
+        mark = "" if v["healthy"] else " (unhealthy)"
+        ax.plot(range(1, len(v["losses"]) + 1), v["losses"], label=f"{v['run']} {v['stage']}{mark}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("sanity stages")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

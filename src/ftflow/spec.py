@@ -79,10 +79,11 @@ class RunSpec:
     batch: BatchSpec
     parent: Run | None
     raw: dict[str, Any]
+    stage: str | None = None  # a sanity stage of the run (ftflow.health), else the run
 
     @property
     def paths(self) -> RunPaths:
-        return RunPaths(self.run)
+        return RunPaths(self.run, self.stage)
 
     @property
     def parent_paths(self) -> RunPaths | None:
@@ -110,6 +111,7 @@ def from_dict(raw: dict) -> RunSpec:
         batch=_fields(BatchSpec, raw["batch"]),
         parent=_run(raw["parent"]) if "parent" in raw else None,
         raw=raw,
+        stage=(raw.get("stage") or {}).get("name"),
     )
 
 

@@ -40,3 +40,15 @@ def model_device(model):
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory: the accelerator's allocations on a GPU, else the
+    process's largest resident set (MB)."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

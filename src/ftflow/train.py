@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftflow import checkout, kernels, launch, lifecycle, offline, paths, spec
+from ftflow import checkout, kernels, launch, lifecycle, offline, paths, spec, torchutil
 from ftflow.backends import metric_keys  # noqa: F401  (the contract's keys, re-exported)
 from ftflow.checkpoints import StaleCheckpointsError
 from ftflow.lifecycle import MetricsContractError, NonFiniteLossError
@@ -50,6 +50,7 @@ def cli(argv: list[str] | None = None) -> int:
         for line in kernels.require():
             print(f"[ftflow] {line}", flush=True)
         main(args.run_config)
+        print(f"[ftflow] peak memory {torchutil.peak_memory_mb():.0f} MB", flush=True)
     except (
         kernels.KernelError,
         NonFiniteLossError,

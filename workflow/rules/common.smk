@@ -57,6 +57,10 @@ wildcard_constraints:
     dataset=_alternatives([*config["datasets"], ftconfig.BASE_DATASET]),
     seed=r"\d+",
     launch_file=r"[A-Za-z0-9_.-]+",
+    stage=_alternatives(
+        {s["name"] for m in config["methods"].values() for s in ftconfig.stages(m)}
+    )
+    or "(?!x)x",
     evaluation=_alternatives(config.get("evaluations", {})) or "(?!x)x",
 
 
@@ -118,8 +122,12 @@ def get_launcher(wildcards):
 
 
 def get_launch_env(wildcards):
-    return _launch(wildcards).env_exports() + kernels.env_exports(
-        get_kernel_manifests(wildcards)
+    """The shell words before the launcher: the gate of a staged method (its last stage's
+    verdict must be healthy), the backend's variables, the kernels' paths."""
+    return (
+        get_run_gate(wildcards)
+        + _launch(wildcards).env_exports()
+        + kernels.env_exports(get_kernel_manifests(wildcards))
     )
 
 
@@ -296,3 +304,97 @@ def get_kernel_manifests(wildcards):
 
 def get_judge_kernels(wildcards):
     return MODEL_KERNELS[_evaluation(wildcards)["judge"]["model"]]
+
+
+# ----------------------------------------------------------------------- stages
+
+
+def _stage(wildcards):
+    names = [s["name"] for s in ftconfig.stages(_method(wildcards))]
+    return names.index(wildcards.stage), names
+
+
+def _stage_method(wildcards):
+    method = _method(wildcards)
+    index, _ = _stage(wildcards)
+    return ftconfig.stage_method(method, ftconfig.stages(method)[index])
+
+
+def get_resolved_stage(wildcards):
+    return ftconfig.resolve_stage(config, _run(wildcards), wildcards.stage)
+
+
+def _stage_launch(wildcards):
+    backend = backends.get(config["models"][wildcards.model]["backend"])
+    return backend.launch(_stage_method(wildcards), _run(wildcards), wildcards.stage)
+
+
+def get_stage_launcher(wildcards):
+    return _stage_launch(wildcards).command
+
+
+def get_stage_launch_env(wildcards):
+    return _stage_launch(wildcards).env_exports() + kernels.env_exports(
+        get_kernel_manifests(wildcards)
+    )
+
+
+def get_stage_launch_inputs(wildcards):
+    return list(_stage_launch(wildcards).inputs)
+
+
+def get_stage_resource(name):
+    def resource(wildcards):
+        return launch.slurm_resources(_stage_method(wildcards)).get(name)
+
+    return resource
+
+
+def get_stage_runtime(wildcards, attempt):
+    """Minutes; a retry after a time-limit kill may ask for more (retry_runtime)."""
+    res = _stage_method(wildcards)["resources"]
+    runtime = res.get("runtime", 60)
+    return runtime if attempt == 1 else res.get("retry_runtime", runtime)
+
+
+def _verdict(wildcards, stage):
+    return paths.SANITY_VERDICT.format(**_run(wildcards).wildcards, stage=stage)
+
+
+def _gate(wildcards, stage, log):
+    accept = stage in (_method(wildcards).get("accept_unhealthy") or [])
+    flag = " --accept" if accept else ""
+    verdict = _verdict(wildcards, stage)
+    return f"python -m ftflow.health gate {verdict}{flag} >> {log} 2>&1 && "
+
+
+def get_previous_verdict(wildcards):
+    """A stage after the first waits for the verdict of the stage before it."""
+    index, names = _stage(wildcards)
+    return _verdict(wildcards, names[index - 1]) if index else []
+
+
+def get_stage_gate(wildcards):
+    index, names = _stage(wildcards)
+    log = paths.RunPaths(_run(wildcards), wildcards.stage).log()
+    return _gate(wildcards, names[index - 1], log) if index else ""
+
+
+def get_run_verdict(wildcards):
+    """The full training waits for the verdict of the method's last stage."""
+    names = [s["name"] for s in ftconfig.stages(_method(wildcards))]
+    return _verdict(wildcards, names[-1]) if names else []
+
+
+def get_run_gate(wildcards):
+    names = [s["name"] for s in ftconfig.stages(_method(wildcards))]
+    log = paths.RunPaths(_run(wildcards)).log()
+    return _gate(wildcards, names[-1], log) if names else ""
+
+
+def stage_targets(pattern):
+    return [
+        pattern.format(**run.wildcards, stage=stage["name"])
+        for run in RUNS
+        for stage in ftconfig.stages(config["methods"][run.method])
+    ]

@@ -23,3 +23,25 @@ rule report:
         "../../envs/report.yaml"
     script:
         "../scripts/report.py"
+
+
+# The sanity stages of every staged run: verdicts, throughput, scaling, projections.
+rule report_stages:
+    input:
+        verdicts=stage_targets(paths.SANITY_VERDICT),
+    output:
+        table=report(
+            paths.REPORT_STAGES, category="Training", caption="../report/stages.rst"
+        ),
+        figure=report(
+            paths.REPORT_STAGES_FIGURE,
+            category="Training",
+            caption="../report/stages.rst",
+        ),
+    log:
+        paths.log("report", "stages"),
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/report_stages.py"

@@ -45,6 +45,7 @@ rule train:
         parent=get_parent_final,
         launch_files=get_launch_inputs,
         kernels=get_kernel_manifests,
+        verdict=get_run_verdict,
     output:
         final=directory(paths.RUN_FINAL),
         metrics=paths.RUN_METRICS,
@@ -72,6 +73,7 @@ rule train:
     shell:
         # Claimed once, before any training process starts: checkpoints made under
         # another config, data or parent (or by a finished training) are discarded.
+        # params.env starts with the gate of a staged method (ftflow.health).
         "python -m ftflow.checkpoints {input.run_config} >> {log} 2>&1 && "
         "export OMP_NUM_THREADS={threads} && "
         "{params.env}"

@@ -26,6 +26,7 @@ import yaml
 
 from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
 from ftflow.config.resolve import (
+    DEFAULT_HEALTH,
     SCHEDULER_ONLY,
     BatchPlan,
     base_runs,
@@ -35,7 +36,10 @@ from ftflow.config.resolve import (
     parent_run,
     processes,
     resolve_run,
+    resolve_stage,
     runs,
+    stage_method,
+    stages,
 )
 from ftflow.config.schema import SCHEMA_PATH, load_schema, validate_schema, validate_schema_fragment
 from ftflow.config.semantics import validate_semantics
@@ -58,6 +62,10 @@ __all__ = [
     "parent_run",
     "processes",
     "resolve_run",
+    "resolve_stage",
+    "stage_method",
+    "stages",
+    "DEFAULT_HEALTH",
     "runs",
     "validate",
     "validate_schema",

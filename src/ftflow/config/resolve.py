@@ -85,13 +85,72 @@ def derive_batch(method: Mapping, n_processes: int | None = None) -> BatchPlan:
     return BatchPlan(global_batch, per_device, global_batch // per_step, n_processes)
 
 
+#: What a stage sets over its method; everything else (learning rate, schedule, the
+#: global batch, LoRA, DPO settings) is the method's.
+STAGE_KEYS = ("distributed", "optimizer", "per_device_batch_size", "max_steps")
+#: Method keys that say how the run is staged and gated, not what it trains.
+STAGING_ONLY = ("stages", "accept_unhealthy")
+#: Health thresholds of a stage when it sets none (seed 003's rules of thumb).
+DEFAULT_HEALTH = {
+    "window": 10,  # steps averaged at the start and at the end
+    "loss_drop": 0.10,  # the loss falls by at least this share, first window to last
+    "grad_norm_range": [0.1, 10.0],  # every logged grad-norm inside
+    "grad_norm_growth": 10.0,  # last window's mean grad-norm ≤ this × the first window's
+    "reward_accuracy": 0.5,  # DPO: last window's mean reward accuracy above chance
+}
+
+
+def stages(method: Mapping) -> list[dict]:
+    return list(method.get("stages") or [])
+
+
+def stage_method(method: Mapping, stage: Mapping) -> dict:
+    """The method as one of its stages trains it: the stage's resources, distributed,
+    optimizer and length; the global batch (and all else) the method's."""
+    out = {k: copy.deepcopy(v) for k, v in method.items() if k not in STAGING_ONLY}
+    out.update({k: copy.deepcopy(stage[k]) for k in STAGE_KEYS if k in stage})
+    out["resources"] = copy.deepcopy(stage.get("resources") or {})
+    if out.get("distributed") != "deepspeed_zero3":
+        out.pop("deepspeed", None)
+    else:
+        from ftflow.config.schema import validate_schema_fragment
+
+        out["deepspeed"] = validate_schema_fragment(out.get("deepspeed") or {}, "deepspeed")
+    if "max_steps" in out:
+        out["save_steps"] = min(out.get("save_steps", out["max_steps"]), out["max_steps"])
+    out["logging_steps"] = 1  # the verdict judges every step
+    return out
+
+
+def resolve_stage(config: Mapping, run: Run, name: str) -> dict:
+    """A sanity stage's resolved settings: what ``sanity/<stage>/run.yaml`` holds."""
+    method = config["methods"][run.method]
+    names = [s["name"] for s in stages(method)]
+    stage = stages(method)[names.index(name)]
+    resolved = _resolve(config, run, stage_method(method, stage))
+    resolved["stage"] = {
+        "name": name,
+        "index": names.index(name),
+        "health": {**DEFAULT_HEALTH, **(stage.get("health") or {})},
+    }
+    return resolved
+
+
 def resolve_run(config: Mapping, run: Run) -> dict:
     """The fully resolved settings of one run — exactly what run.yaml holds.
 
     Only what this run depends on goes in, so adding a seed or another method to the
     grid leaves every other run's ``run.yaml`` (and so its rerun triggers) unchanged.
     """
-    method = copy.deepcopy(config["methods"][run.method])
+    method = {
+        k: copy.deepcopy(v) for k, v in config["methods"][run.method].items()
+        if k not in STAGING_ONLY
+    }  # fmt: skip
+    return _resolve(config, run, method)
+
+
+def _resolve(config: Mapping, run: Run, method: dict) -> dict:
+    method = copy.deepcopy(method)
     # Scheduler-only settings (time, memory, constraint, CPUs) do not change what is
     # trained; leaving them out means raising a time limit does not retrain finished runs.
     # The process layout does change the batch split, and stays (in `batch`).

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from ftflow import backends
 from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
-from ftflow.config.resolve import derive_batch
+from ftflow.config.resolve import derive_batch, stage_method, stages
 from ftflow.config.schema import validate_schema_fragment
 
 # Defaults of the DPO-only method keys (filled in for dpo methods, refused on the others).
@@ -61,6 +61,73 @@ def _validate_kernels(config: dict) -> None:
                     )
 
 
+def _validate_method(where: str, method: dict, methods: Mapping, datasets: Mapping) -> None:
+    """One method's (or one stage's) settings fit together; fills the kind's defaults."""
+    kind = method["kind"]
+    if kind == "dpo" and "parent" not in method:
+        raise ConfigError(f"config key {where}.parent: a dpo method must name its SFT parent")
+    if kind != "dpo" and "parent" in method:
+        raise ConfigError(f"config key {where}.parent: only a dpo method has a parent")
+    for key, default in DPO_ONLY.items():
+        if kind == "dpo":
+            method.setdefault(key, default)
+        elif key in method:
+            raise ConfigError(
+                f"config key {where}.{key}: only a dpo method takes {key} (this is {kind})"
+            )
+    if kind == "lora":
+        method["lora"] = validate_schema_fragment(method.get("lora", {}), "lora")
+    elif "lora" in method:
+        raise ConfigError(f"config key {where}.lora: only a lora method takes lora settings")
+    if method["distributed"] == "deepspeed_zero3":
+        method["deepspeed"] = validate_schema_fragment(method.get("deepspeed", {}), "deepspeed")
+    elif "deepspeed" in method:
+        raise ConfigError(
+            f"config key {where}.deepspeed: only used with distributed deepspeed_zero3 "
+            f"(this method's distributed is {method['distributed']})"
+        )
+    if method["lr_scheduler"] == "cosine_with_min_lr" and "min_lr_rate" not in method:
+        raise ConfigError(f"config key {where}.min_lr_rate: required by cosine_with_min_lr")
+    if "min_lr_rate" in method and method["lr_scheduler"] != "cosine_with_min_lr":
+        raise ConfigError(
+            f"config key {where}.min_lr_rate: only used with lr_scheduler cosine_with_min_lr"
+        )
+    if method["optimizer"] in ("adamw_8bit", "paged_adamw_8bit") and method["distributed"] in (
+        "deepspeed_zero3",
+        "fsdp",
+    ):
+        raise ConfigError(
+            f"config key {where}.optimizer: {method['optimizer']} cannot be combined with "
+            f"distributed {method['distributed']}: bitsandbytes keeps its 8-bit states "
+            "outside the sharded optimizer, which DeepSpeed/FSDP cannot partition or "
+            "checkpoint (found unusable on GPUs); allowed with it: adamw_torch, "
+            "adamw_torch_fused — or use the 8-bit optimizer with distributed none or ddp"
+        )
+    if kind == "dpo":
+        parent = method["parent"]
+        _check_names("method", [parent["method"]], methods, f"{where}.parent.method")
+        _check_names("dataset", [parent["dataset"]], datasets, f"{where}.parent.dataset")
+        if methods[parent["method"]]["kind"] != "sft":
+            raise ConfigError(
+                f"config key {where}.parent.method: {parent['method']!r} is a "
+                f"{methods[parent['method']]['kind']} method (allowed: an sft method)"
+            )
+    derive_batch(method)  # raises when the global batch cannot be split
+
+
+def _validate_stages(name: str, method: dict, methods: Mapping, datasets: Mapping) -> None:
+    """Each stage is a method of its own (the stage's resources, distributed, optimizer
+    and length over the method's settings) and must be valid as one; names are unique."""
+    names = [stage["name"] for stage in stages(method)]
+    for i, stage in enumerate(stages(method)):
+        where = f"methods.{name}.stages[{i}]"
+        if names.count(stage["name"]) > 1:
+            raise ConfigError(f"config key {where}.name: stage {stage['name']!r} appears twice")
+        _validate_method(where, stage_method(method, stage), methods, datasets)
+    for accepted in method.get("accept_unhealthy") or []:
+        _check_names("stage", [accepted], dict.fromkeys(names), f"methods.{name}.accept_unhealthy")
+
+
 def validate_semantics(config: dict) -> None:
     models, datasets, methods = config["models"], config["datasets"], config["methods"]
     if BASE_METHOD in methods:
@@ -97,57 +164,8 @@ def validate_semantics(config: dict) -> None:
             )
     _validate_kernels(config)
     for name, method in methods.items():
-        where = f"methods.{name}"
-        kind = method["kind"]
-        if kind == "dpo" and "parent" not in method:
-            raise ConfigError(f"config key {where}.parent: a dpo method must name its SFT parent")
-        if kind != "dpo" and "parent" in method:
-            raise ConfigError(f"config key {where}.parent: only a dpo method has a parent")
-        for key, default in DPO_ONLY.items():
-            if kind == "dpo":
-                method.setdefault(key, default)
-            elif key in method:
-                raise ConfigError(
-                    f"config key {where}.{key}: only a dpo method takes {key} (this is {kind})"
-                )
-        if kind == "lora":
-            method["lora"] = validate_schema_fragment(method.get("lora", {}), "lora")
-        elif "lora" in method:
-            raise ConfigError(f"config key {where}.lora: only a lora method takes lora settings")
-        if method["distributed"] == "deepspeed_zero3":
-            method["deepspeed"] = validate_schema_fragment(method.get("deepspeed", {}), "deepspeed")
-        elif "deepspeed" in method:
-            raise ConfigError(
-                f"config key {where}.deepspeed: only used with distributed deepspeed_zero3 "
-                f"(this method's distributed is {method['distributed']})"
-            )
-        if method["lr_scheduler"] == "cosine_with_min_lr" and "min_lr_rate" not in method:
-            raise ConfigError(f"config key {where}.min_lr_rate: required by cosine_with_min_lr")
-        if "min_lr_rate" in method and method["lr_scheduler"] != "cosine_with_min_lr":
-            raise ConfigError(
-                f"config key {where}.min_lr_rate: only used with lr_scheduler cosine_with_min_lr"
-            )
-        if method["optimizer"] in ("adamw_8bit", "paged_adamw_8bit") and method["distributed"] in (
-            "deepspeed_zero3",
-            "fsdp",
-        ):
-            raise ConfigError(
-                f"config key {where}.optimizer: {method['optimizer']} cannot be combined with "
-                f"distributed {method['distributed']}: bitsandbytes keeps its 8-bit states "
-                "outside the sharded optimizer, which DeepSpeed/FSDP cannot partition or "
-                "checkpoint (found unusable on GPUs); allowed with it: adamw_torch, "
-                "adamw_torch_fused — or use the 8-bit optimizer with distributed none or ddp"
-            )
-        if kind == "dpo":
-            parent = method["parent"]
-            _check_names("method", [parent["method"]], methods, f"{where}.parent.method")
-            _check_names("dataset", [parent["dataset"]], datasets, f"{where}.parent.dataset")
-            if methods[parent["method"]]["kind"] != "sft":
-                raise ConfigError(
-                    f"config key {where}.parent.method: {parent['method']!r} is a "
-                    f"{methods[parent['method']]['kind']} method (allowed: an sft method)"
-                )
-        derive_batch(method)  # raises when the global batch cannot be split
+        _validate_method(f"methods.{name}", method, methods, datasets)
+        _validate_stages(name, method, methods, datasets)
 
     planned = set()
     for i, block in enumerate(config["grid"]):
@@ -158,6 +176,11 @@ def validate_semantics(config: dict) -> None:
         for model_name, method_name in itertools.product(block["models"], block["methods"]):
             backend = backends.get(models[model_name]["backend"])
             backend.validate_method(f"methods.{method_name}", methods[method_name])
+            for j, stage in enumerate(stages(methods[method_name])):
+                backend.validate_method(
+                    f"methods.{method_name}.stages[{j}]",
+                    stage_method(methods[method_name], stage),
+                )
         for method_name, dataset_name in itertools.product(block["methods"], block["datasets"]):
             want = "preference" if methods[method_name]["kind"] == "dpo" else "chat"
             have = datasets[dataset_name]["format"]

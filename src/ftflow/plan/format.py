@@ -77,6 +77,15 @@ def format_plan(plan: Plan, max_jobs: int | None = MAX_JOB_LINES) -> str:
 
     out += summary("rule", plan.by_rule())
     out += summary("model", plan.by_model())
+    if plan.projections:
+        rows = [
+            [p.run, p.stage, "yes" if p.healthy else "NO", f"{p.tokens_per_second:g}",
+             f"{p.hours:.2f}", _fmt_hours(p.gpu_hours)]
+            for p in plan.projections
+        ]  # fmt: skip
+        header = ["full run", "measured in stage", "healthy", "tokens/s", "hours", "GPU-h"]
+        out += ["Projected from the stages' measured seconds per step (linear scaling):"]
+        out += _table(header, rows, {3, 4, 5}) + [""]
     return "\n".join(out).rstrip() + "\n"
 
 

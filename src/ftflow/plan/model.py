@@ -69,7 +69,8 @@ class PlannedJob:
         """The run identity: ``model/method/dataset/seed<seed>``, else the wildcard values."""
         w = self.wildcards
         if all(k in w for k in RUN_WILDCARDS):
-            return str(paths.Run(w["model"], w["method"], w["dataset"], int(w["seed"])))
+            run = str(paths.Run(w["model"], w["method"], w["dataset"], int(w["seed"])))
+            return f"{run} [{w['stage']}]" if "stage" in w else run
         return "/".join(str(v) for v in w.values()) or "-"
 
     @property
@@ -100,10 +101,23 @@ class Total:
     gpu_hours: float
 
 
+@dataclass(frozen=True)
+class Projection:
+    """A full run's time and GPU-hours projected from one finished stage's throughput."""
+
+    run: str
+    stage: str
+    healthy: bool
+    tokens_per_second: float
+    hours: float
+    gpu_hours: float
+
+
 @dataclass
 class Plan:
     jobs: list[PlannedJob]
     cost_per_gpu_hour: float | None = None
+    projections: list[Projection] = field(default_factory=list)
 
     @property
     def gpu_hours(self) -> float:
@@ -224,4 +238,28 @@ def plan_jobs(
         )
     if cost is None:
         cost = config.get(COST_KEY)
-    return Plan(planned, None if cost is None else float(cost))
+    return Plan(planned, None if cost is None else float(cost), _projections(planned))
+
+
+def _projections(jobs: list[PlannedJob]) -> list[Projection]:
+    """What the stages that have run measured (their verdicts), for the full runs."""
+    import json
+    from pathlib import Path
+
+    found = []
+    for job in jobs:
+        if job.rule != "sanity":
+            continue
+        verdict = Path(paths.SANITY_VERDICT.format(**job.wildcards))
+        if not verdict.exists():
+            continue
+        v = json.loads(verdict.read_text())
+        if v.get("projected_full_gpu_hours") is None:
+            continue
+        w = job.wildcards
+        run = paths.Run(w["model"], w["method"], w["dataset"], int(w["seed"]))
+        found.append(
+            Projection(str(run), v["stage"], v["healthy"], v["tokens_per_second"],
+                       v["projected_full_hours"], v["projected_full_gpu_hours"])
+        )  # fmt: skip
+    return found

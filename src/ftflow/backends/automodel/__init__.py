@@ -112,11 +112,11 @@ class AutomodelBackend:
                 "false)",
             )
 
-    def launch(self, method: Mapping[str, Any], run: Run) -> Launch:
+    def launch(self, method: Mapping[str, Any], run: Run, stage: str | None = None) -> Launch:
         return Launch(
             command=launchlib.launch_command(method, self.module),
             conda_env=self.conda_env,
-            inputs=(str(RunPaths(run).launch_file(LAUNCH_FILE)),),
+            inputs=(str(RunPaths(run, stage).launch_file(LAUNCH_FILE)),),
         )
 
     # ------------------------------------------------------------------ checkpoints

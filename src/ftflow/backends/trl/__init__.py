@@ -58,7 +58,7 @@ class TrlBackend:
                     f"{where}.resources.gpus_per_node, or allowed on a CPU: none)"
                 )
 
-    def launch(self, method: Mapping[str, Any], run: Run) -> Launch:
+    def launch(self, method: Mapping[str, Any], run: Run, stage: str | None = None) -> Launch:
         name = dist.launch_file(method.get("distributed", "none"))
         env = {}
         if method.get("distributed") == "deepspeed_zero3":
@@ -67,7 +67,7 @@ class TrlBackend:
             command=launchlib.launch_command(method, self.module),
             env=env,
             conda_env=self.conda_env,
-            inputs=(str(RunPaths(run).launch_file(name)),) if name else (),
+            inputs=(str(RunPaths(run, stage).launch_file(name)),) if name else (),
         )
 
     # ------------------------------------------------------------------ checkpoints
