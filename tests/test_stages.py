@@ -198,3 +198,29 @@ def test_the_override_lets_an_unhealthy_stage_through(tmp_path, capsys):
         health.gate(verdict)
     health.gate(verdict, accept=True)
     assert "going on because the method lists it in accept_unhealthy" in capsys.readouterr().out
+
+
+def test_a_time_budget_ends_a_stage(staged, tmp_path):
+    """max_minutes instead of a step count: the stage stops on the budget (TRL)."""
+    import shutil
+
+    work = tmp_path / "ftflow"
+    shutil.copytree(staged[0], work, symlinks=True)
+    config = _config()
+    stage = config["methods"]["sft"]["stages"][0]
+    stage.pop("max_steps")
+    stage["max_minutes"] = 0.1
+    config["methods"]["sft"]["max_steps"] = 100_000
+    write_config(work, config)
+    target = paths.RunPaths(paths.Run("tiny", "sft", "secure_code", 1), "one").verdict
+    snakemake(work, "--cores", "1", str(target))
+    verdict = json.loads((work / target).read_text())
+    assert 1 < verdict["steps"] < 100_000
+    assert verdict["seconds"] < 120  # 6 s of training, plus start-up
+
+
+def test_the_automodel_backend_refuses_a_time_budget():
+    config = load_default_config()
+    config["methods"]["lora"]["stages"] = [{"name": "one", "max_minutes": 5}]
+    with pytest.raises(ftconfig.ConfigError, match=r"methods.lora.stages\[0\].max_minutes"):
+        ftconfig.validate(config)

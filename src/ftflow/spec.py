@@ -61,6 +61,7 @@ class MethodSpec:
     beta: float | None = None
     loss_type: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    max_minutes: float | None = None  # a sanity stage's time budget (TRL)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def derive_batch(method: Mapping, n_processes: int | None = None) -> BatchPlan:
 
 #: What a stage sets over its method; everything else (learning rate, schedule, the
 #: global batch, LoRA, DPO settings) is the method's.
-STAGE_KEYS = ("distributed", "optimizer", "per_device_batch_size", "max_steps")
+STAGE_KEYS = ("distributed", "optimizer", "per_device_batch_size", "max_steps", "max_minutes")
 #: Method keys that say how the run is staged and gated, not what it trains.
 STAGING_ONLY = ("stages", "accept_unhealthy")
 #: Health thresholds of a stage when it sets none (seed 003's rules of thumb).

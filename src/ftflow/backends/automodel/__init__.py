@@ -82,6 +82,13 @@ class AutomodelBackend:
                 f"automodel backend, which shards with FSDP2 (allowed: "
                 f"{', '.join(DISTRIBUTED)})",
             )
+        if method.get("max_minutes"):
+            _refuse(
+                where,
+                "max_minutes",
+                "a time budget is not available with the automodel backend, whose "
+                "recipe stops on a step count only (use max_steps)",
+            )
         if method["optimizer"] not in OPTIMIZERS:
             _refuse(
                 where,

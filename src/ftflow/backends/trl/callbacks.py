@@ -64,3 +64,28 @@ class CompleteMarker(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 (checkpoint / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training once ``minutes`` of wall time have passed (a sanity stage's length).
+
+    Every process must stop at the same step (they meet in collectives), so the decision
+    is all-reduced: training stops when any process is over the budget.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch
+        import torch.distributed as dist
+
+        over = time.monotonic() - self.started > self.seconds
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(over)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
+            control.should_training_stop = True
+            control.should_save = True  # the stage ends on a complete checkpoint

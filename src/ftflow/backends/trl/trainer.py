@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ftflow import offline, paths
-from ftflow.backends.trl.callbacks import CompleteMarker, MetricsCallback
+from ftflow.backends.trl.callbacks import CompleteMarker, MetricsCallback, TimeBudget
 from ftflow.spec import RunSpec
 from ftflow.torchutil import torch_dtype
 
@@ -44,6 +44,8 @@ def build_trainer(spec: RunSpec, rendered: dict[str, Any], metrics_partial: Path
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_dataset, _info = load_entry(manifest)
     callbacks = [MetricsCallback(metrics_partial, spec.method.kind), CompleteMarker()]
+    if spec.method.max_minutes:  # a sanity stage's time budget
+        callbacks.append(TimeBudget(spec.method.max_minutes))
     args = rendered["trainer"]
 
     if spec.method.kind in ("sft", "lora"):
