@@ -224,3 +224,12 @@ def test_the_automodel_backend_refuses_a_time_budget():
     config["methods"]["lora"]["stages"] = [{"name": "one", "max_minutes": 5}]
     with pytest.raises(ftconfig.ConfigError, match=r"methods.lora.stages\[0\].max_minutes"):
         ftconfig.validate(config)
+
+
+def test_an_out_of_memory_is_a_verdict_and_another_failure_a_crash():
+    oom_log = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert health._failure(oom_log, 1) == "oom"
+    assert health._failure("[ftflow] error: loss is nan at step 3: stopping", 1) == "non_finite"
+    assert health._failure("anything", 0) is None
+    with pytest.raises(SystemExit, match="not a health verdict"):
+        health._failure("Traceback: KeyError: 'x'", 1)

@@ -55,13 +55,14 @@ def format_plan(plan: Plan, max_jobs: int | None = MAX_JOB_LINES) -> str:
                 j.nodes,
                 j.gpus_per_node,
                 "-" if j.runtime_min is None else j.runtime_min,
+                j.batch or "-",
                 _fmt_hours(j.gpu_hours) if j.counted else "-",
             ]
             + ([_fmt_cost(plan.cost_of(j.gpu_hours)) if j.counted else "-"] if with_cost else [])
             for j in plan.jobs
         ]
-        header = ["rule", "run", "status", "nodes", "gpus/node", "runtime[min]", "GPU-h"]
-        out += _table(header + (["cost"] if with_cost else []), rows, {3, 4, 5, 6, 7}) + [""]
+        header = ["rule", "run", "status", "nodes", "gpus/node", "runtime[min]", "batch", "GPU-h"]
+        out += _table(header + (["cost"] if with_cost else []), rows, {3, 4, 5, 7, 8}) + [""]
     else:
         out += [f"({len(plan.jobs)} jobs: one line each in the CSV, or use --all-jobs)", ""]
 
@@ -108,6 +109,7 @@ def csv_rows(plan: Plan) -> list[dict[str, Any]]:
                 "gpus": j.gpus,
                 "runtime_min": "" if j.runtime_min is None else j.runtime_min,
                 "retry_runtime_min": "" if j.retry_runtime_min is None else j.retry_runtime_min,
+                "batch": j.batch,
                 "gpu_hours": f"{j.gpu_hours:.4f}",
                 "cost": money(j.gpu_hours),
                 "jobs_to_run": int(j.counted),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftflow import paths
+from ftflow.config.resolve import derive_batch, stage_method
 
 PLAN_CSV = paths.RESULTS / "plan" / "plan.csv"
 COST_KEY = "plan_cost_per_gpu_hour"
@@ -30,6 +31,7 @@ CSV_COLUMNS = (
     "gpus",
     "runtime_min",
     "retry_runtime_min",
+    "batch",
     "gpu_hours",
     "cost",
     "jobs_to_run",
@@ -63,6 +65,7 @@ class PlannedJob:
     runtime_min: int | None
     retry_runtime_min: int | None = None
     reason: str = ""
+    batch: str = ""  # a training job's per-device × accumulation × processes = global
 
     @property
     def run(self) -> str:
@@ -220,10 +223,18 @@ def plan_jobs(
             continue
         retry = None
         method = methods.get(job.wildcards.get("method", ""))
+        if method is not None and job.rule == "sanity":
+            names = [s["name"] for s in method.get("stages") or []]
+            method = stage_method(method, method["stages"][names.index(job.wildcards["stage"])])
         if job.rule in TRAINING_RULES and method is not None:
             nodes, per_node, runtime, retry = training_resources(method)
         else:
             nodes, per_node, runtime = declared_resources(job.resources)
+        batch = ""
+        if job.rule in (*TRAINING_RULES, "sanity") and method is not None:
+            b = derive_batch(method)
+            batch = (f"{b.per_device_batch_size}×{b.gradient_accumulation_steps}×"
+                     f"{b.processes}={b.global_batch_size}")  # fmt: skip
         planned.append(
             PlannedJob(
                 rule=job.rule,
@@ -234,6 +245,7 @@ def plan_jobs(
                 runtime_min=runtime,
                 retry_runtime_min=retry,
                 reason=job.reason if job.needrun else "",
+                batch=batch,
             )
         )
     if cost is None:
