@@ -331,7 +331,9 @@ def activate(manifests: Iterable[str]) -> None:
         return
     sites = [str(Path(os.path.abspath(m)).with_suffix("") / "site") for m in manifests]
     sys.path[:0] = [s for s in sites if s not in sys.path]
-    os.environ["PYTHONPATH"] = os.pathsep.join([*sites, os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*sites, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    )
     base = os.environ.get("TMPDIR") or tempfile.gettempdir()
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="ftflow-triton.", dir=base)
     os.environ["FTFLOW_KERNELS"] = ",".join(manifests)

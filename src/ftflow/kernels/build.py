@@ -258,7 +258,9 @@ def _import_check(record: Mapping, site: Path) -> None:
     )
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(site), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        ),
     }
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
