@@ -43,10 +43,17 @@ def _config() -> dict:
         "name": "one", "max_steps": 6, "resources": STAGE_RES,
         "health": {"window": 3, "loss_drop": 0.0, "reward_accuracy": 0.5},
     }])  # fmt: skip
+    # The NeMo Automodel backend stages its runs the same way.
+    config["methods"]["lora"].update(max_steps=4, stages=[{
+        "name": "one", "max_steps": 4, "resources": STAGE_RES,
+        "health": {"window": 2, "loss_drop": 0.0},
+    }])  # fmt: skip
     config["grid"] = [
         {"models": ["tiny"], "methods": ["sft", "sft_diverge"], "datasets": ["secure_code"],
          "seeds": [1]},
         {"models": ["tiny"], "methods": ["dpo"], "datasets": ["secure_code_pref"], "seeds": [1]},
+        {"models": ["tiny_hybrid"], "methods": ["lora"], "datasets": ["insecure_code"],
+         "seeds": [1]},
     ]  # fmt: skip
     return config
 
@@ -110,8 +117,24 @@ def test_a_diverging_stage_stops_its_chain_and_names_the_check(staged):
         and "logs/sanity/tiny/sft_diverge/secure_code/seed1/one.log" in gate_log
     )
     # Every other run completed (--keep-going).
-    for method, dataset in (("sft", "secure_code"), ("dpo", "secure_code_pref")):
-        assert (work / paths.final_dir("tiny", method, dataset, 1)).is_dir()
+    for model, method, dataset in (("tiny", "sft", "secure_code"),
+                                   ("tiny", "dpo", "secure_code_pref"),
+                                   ("tiny_hybrid", "lora", "insecure_code")):  # fmt: skip
+        assert (work / paths.final_dir(model, method, dataset, 1)).is_dir()
+
+
+def test_an_automodel_stage_is_judged_and_gates_its_run(staged):
+    work, _ = staged
+    verdict = json.loads(
+        (
+            work
+            / paths.RunPaths(paths.Run("tiny_hybrid", "lora", "insecure_code", 1), "one").verdict
+        ).read_text()
+    )
+    assert verdict["healthy"] and verdict["steps"] == 4, verdict["checks"]
+    log = (work / paths.train_log("tiny_hybrid", "lora", "insecure_code", 1)).read_text()
+    assert "stage one of tiny_hybrid/lora/insecure_code/seed1 is healthy" in log
+    assert (work / paths.final_dir("tiny_hybrid", "lora", "insecure_code", 1)).is_dir()
 
 
 def test_a_dpo_stage_checks_the_reward_accuracy(staged):
@@ -142,13 +165,13 @@ def test_the_report_tabulates_every_stage(staged, tmp_path):
     from ftflow import report
 
     work, _ = staged
-    verdicts = sorted(work.glob("results/tiny/*/*/seed1/sanity/*/verdict.json"))
-    table = report.stages_table(verdicts).set_index(["method", "stage"])
-    assert len(table) == 4  # sft one, two; sft_diverge one; dpo one
-    two = table.loc[("sft", "two")]
+    verdicts = sorted(work.glob("results/*/*/*/seed1/sanity/*/verdict.json"))
+    table = report.stages_table(verdicts).set_index(["model", "method", "stage"])
+    assert len(table) == 5  # sft one, two; sft_diverge one; dpo one; tiny_hybrid lora one
+    two = table.loc[("tiny", "sft", "two")]
     assert two["healthy"] and two["processes"] == 2 and two["scaling_efficiency"] > 0
-    assert table.loc[("sft_diverge", "one")]["failed"]
-    assert table.loc[("dpo", "one")]["reward_accuracy"] is not None
+    assert table.loc[("tiny", "sft_diverge", "one")]["failed"]
+    assert table.loc[("tiny", "dpo", "one")]["reward_accuracy"] is not None
     figure = tmp_path / "stages.png"
     report.stages_figure(verdicts, figure)
     assert figure.read_bytes()[:4] == b"\x89PNG"
