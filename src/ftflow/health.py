@@ -37,7 +37,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ftflow import files, spec
+from ftflow import backends, files, spec
+from ftflow.paths import RunPaths, prepared
 
 OOM = re.compile(r"OutOfMemoryError|CUDA out of memory|can't allocate memory|std::bad_alloc")
 NON_FINITE = re.compile(r"loss is (nan|inf|-inf) at step \d+")
@@ -127,7 +128,7 @@ def _full_steps(full: Mapping, batch: int) -> int | None:
     method = full["method"]
     if method.get("max_steps"):
         return int(method["max_steps"])
-    manifest = Path("resources/prepared") / full["run"]["model"] / f"{full['run']['dataset']}.json"
+    manifest = prepared(full["run"]["model"], full["run"]["dataset"])
     try:
         rows = json.loads(manifest.read_text()).get("n_records")
     except OSError:
@@ -142,10 +143,12 @@ def verdict(run_config: Path, log: Path, out: Path, exit_code: int, seconds: flo
     failure = _failure(
         Path(log).read_text(errors="replace") if Path(log).exists() else "", exit_code
     )
-    metrics = (
-        paths.metrics if paths.metrics.exists() else paths.checkpoints / "metrics.partial.jsonl"
-    )
-    rows = files.read_jsonl(metrics) if metrics.exists() else []
+    # A stage that finished wrote metrics.jsonl; one stopped by an OOM or a NaN loss left
+    # what its backend had logged in its checkpoints folder.
+    if paths.metrics.exists():
+        rows = files.read_jsonl(paths.metrics)
+    else:
+        rows = backends.get(stage_spec.model.backend).metrics(stage_spec)
     health = stage_spec.raw["stage"]["health"]
     checks = judge(rows, stage_spec.method.kind, health, failure=failure)
     resources = stage_spec.method.resources or {}
@@ -193,7 +196,7 @@ def _peak_memory(log: Path) -> float | None:
 def _projection(stage_spec, result: Mapping) -> dict:
     """The full run's time and GPU-hours at this stage's measured seconds per step,
     assuming linear scaling from the stage's processes to the full run's."""
-    full_config = stage_spec.paths.run_config.parent.parent.parent / "run.yaml"
+    full_config = RunPaths(stage_spec.run).run_config
     if not result["seconds_per_step"] or not full_config.exists():
         return {}
     import yaml

@@ -58,7 +58,7 @@ wildcard_constraints:
     seed=r"\d+",
     launch_file=r"[A-Za-z0-9_.-]+",
     stage=_alternatives(
-        {s["name"] for m in config["methods"].values() for s in ftconfig.stages(m)}
+        {n for m in config["methods"].values() for n in ftconfig.stage_names(m)}
     )
     or "(?!x)x",
     evaluation=_alternatives(config.get("evaluations", {})) or "(?!x)x",
@@ -310,14 +310,12 @@ def get_judge_kernels(wildcards):
 
 
 def _stage(wildcards):
-    names = [s["name"] for s in ftconfig.stages(_method(wildcards))]
+    names = ftconfig.stage_names(_method(wildcards))
     return names.index(wildcards.stage), names
 
 
 def _stage_method(wildcards):
-    method = _method(wildcards)
-    index, _ = _stage(wildcards)
-    return ftconfig.stage_method(method, ftconfig.stages(method)[index])
+    return ftconfig.named_stage_method(_method(wildcards), wildcards.stage)
 
 
 def get_resolved_stage(wildcards):
@@ -382,12 +380,12 @@ def get_stage_gate(wildcards):
 
 def get_run_verdict(wildcards):
     """The full training waits for the verdict of the method's last stage."""
-    names = [s["name"] for s in ftconfig.stages(_method(wildcards))]
+    names = ftconfig.stage_names(_method(wildcards))
     return _verdict(wildcards, names[-1]) if names else []
 
 
 def get_run_gate(wildcards):
-    names = [s["name"] for s in ftconfig.stages(_method(wildcards))]
+    names = ftconfig.stage_names(_method(wildcards))
     log = paths.RunPaths(_run(wildcards)).log()
     return _gate(wildcards, names[-1], log) if names else ""
 

@@ -104,6 +104,10 @@ def stages(method: Mapping) -> list[dict]:
     return list(method.get("stages") or [])
 
 
+def stage_names(method: Mapping) -> list[str]:
+    return [stage["name"] for stage in stages(method)]
+
+
 def stage_method(method: Mapping, stage: Mapping) -> dict:
     """The method as one of its stages trains it: the stage's resources, distributed,
     optimizer and length; the global batch (and all else) the method's."""
@@ -122,15 +126,20 @@ def stage_method(method: Mapping, stage: Mapping) -> dict:
     return out
 
 
+def named_stage_method(method: Mapping, name: str) -> dict:
+    """:func:`stage_method` of the method's stage called ``name``."""
+    return stage_method(method, stages(method)[stage_names(method).index(name)])
+
+
 def resolve_stage(config: Mapping, run: Run, name: str) -> dict:
     """A sanity stage's resolved settings: what ``sanity/<stage>/run.yaml`` holds."""
     method = config["methods"][run.method]
-    names = [s["name"] for s in stages(method)]
-    stage = stages(method)[names.index(name)]
+    index = stage_names(method).index(name)
+    stage = stages(method)[index]
     resolved = _resolve(config, run, stage_method(method, stage))
     resolved["stage"] = {
         "name": name,
-        "index": names.index(name),
+        "index": index,
         "health": {**DEFAULT_HEALTH, **(stage.get("health") or {})},
     }
     return resolved

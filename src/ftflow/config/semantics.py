@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from ftflow import backends
 from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
-from ftflow.config.resolve import derive_batch, stage_method, stages
+from ftflow.config.resolve import derive_batch, stage_method, stage_names, stages
 from ftflow.config.schema import validate_schema_fragment
 
 # Defaults of the DPO-only method keys (filled in for dpo methods, refused on the others).
@@ -118,7 +118,7 @@ def _validate_method(where: str, method: dict, methods: Mapping, datasets: Mappi
 def _validate_stages(name: str, method: dict, methods: Mapping, datasets: Mapping) -> None:
     """Each stage is a method of its own (the stage's resources, distributed, optimizer
     and length over the method's settings) and must be valid as one; names are unique."""
-    names = [stage["name"] for stage in stages(method)]
+    names = stage_names(method)
     for i, stage in enumerate(stages(method)):
         where = f"methods.{name}.stages[{i}]"
         if names.count(stage["name"]) > 1:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftflow import paths
-from ftflow.config.resolve import derive_batch, stage_method
+from ftflow.config.resolve import derive_batch, named_stage_method
 
 PLAN_CSV = paths.RESULTS / "plan" / "plan.csv"
 COST_KEY = "plan_cost_per_gpu_hour"
@@ -224,8 +224,7 @@ def plan_jobs(
         retry = None
         method = methods.get(job.wildcards.get("method", ""))
         if method is not None and job.rule == "sanity":
-            names = [s["name"] for s in method.get("stages") or []]
-            method = stage_method(method, method["stages"][names.index(job.wildcards["stage"])])
+            method = named_stage_method(method, job.wildcards["stage"])
         if job.rule in TRAINING_RULES and method is not None:
             nodes, per_node, runtime, retry = training_resources(method)
         else:
