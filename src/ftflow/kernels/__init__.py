@@ -306,11 +306,17 @@ def max_jobs(mem_mb: int, cpus: int, n_archs: int) -> int:
 # ------------------------------------------------------------------------- job side
 
 
+def site_of(manifest: str | Path) -> Path:
+    """The ``site/`` folder a build's manifest stands beside, absolute: it goes on
+    ``PYTHONPATH``, which must not depend on a process's working directory."""
+    return Path(os.path.abspath(manifest)).with_suffix("") / "site"
+
+
 def env_exports(manifests: Iterable[str]) -> str:
     """Shell words that put the builds on ``PYTHONPATH`` and give the job a Triton cache of
     its own on node-local disk (Triton compiles Mamba-2's kernels at first use; a cache on
     NFS is slow and shared between jobs that race on it)."""
-    sites = [str(Path(os.path.abspath(m)).with_suffix("") / "site") for m in manifests]
+    sites = [str(site_of(m)) for m in manifests]
     if not sites:
         return ""
     path = ":".join(sites)
@@ -329,7 +335,7 @@ def activate(manifests: Iterable[str]) -> None:
     manifests = list(manifests)
     if not manifests:
         return
-    sites = [str(Path(os.path.abspath(m)).with_suffix("") / "site") for m in manifests]
+    sites = [str(site_of(m)) for m in manifests]
     sys.path[:0] = [s for s in sites if s not in sys.path]
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [*sites, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -385,7 +391,7 @@ def require(manifests: Iterable[str] | None = None) -> list[str]:
             )
         if built["cuda"]:
             _require_gpu_arch(name, built)
-        site = Path(os.path.abspath(manifest)).with_suffix("") / "site"
+        site = site_of(manifest)
         for spec in built["imports"]:
             try:
                 where = _import(spec)
