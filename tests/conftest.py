@@ -110,6 +110,29 @@ def load_default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
+# Test files in the order they are handed to pytest-xdist's workers (`--dist loadfile`):
+# the longest first, so that no long file starts last and alone. The real-SLURM files
+# mostly wait (time limits, requeue delays, status polls) and run beside the others.
+LONGEST_FIRST = (
+    "test_slurm_workflow.py",
+    "test_slurm_cluster.py",
+    "test_distributed.py",
+    "test_stages.py",
+    "test_kernels.py",
+    "test_train.py",
+    "test_automodel.py",
+    "test_workflow.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment():
     """Tests that call job code in-process (which sets the offline variables) must not
@@ -155,11 +178,25 @@ def default_run(tmp_path_factory) -> Path:
     config (Snakemake's own dry run there has nothing to do), the suite reads a copy of it
     instead of training the whole grid a second time. Otherwise it runs it, in a scratch
     copy of the workflow.
+
+    Every pytest-xdist worker reads the same one (tests only read it; `finished_copy`
+    gives a private copy to modify): the first worker to get here makes it, under a lock.
     """
-    workdir = tmp_path_factory.mktemp("default") / "ftflow"
-    if not _copy_of_the_checkouts_run(workdir):
-        copy_workflow(workdir)
-        snakemake(workdir, "--cores", "2")
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's temporary root, common to its workers
+    workdir = shared / "default" / "ftflow"
+    with FileLock(shared / "default.lock"):
+        if (workdir / ".done").is_file():
+            return workdir
+        if workdir.parent.exists():  # a worker that died while making it
+            shutil.rmtree(workdir.parent)
+        if not _copy_of_the_checkouts_run(workdir):
+            copy_workflow(workdir)
+            snakemake(workdir, "--cores", "2")
+        (workdir / ".done").touch()
     return workdir
 
 
