@@ -13,6 +13,8 @@
 #
 #   snakemake --cores 2                  the embedded default (config/config.yaml)
 #   snakemake --profile slurm            the same DAG on a SLURM cluster
+#   snakemake --cores 1 publish          push the config's publish.runs to the Hub
+#   snakemake --cores 1 sync_tracking    upload the offline W&B runs (login node)
 
 
 from snakemake.utils import min_version
@@ -37,6 +39,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/plan.smk"
+include: "workflow/rules/publish.smk"
+include: "workflow/rules/tracking.smk"
 
 
 rule all:

@@ -116,6 +116,7 @@ def load_default_config() -> dict:
 LONGEST_FIRST = (
     "test_slurm_workflow.py",
     "test_slurm_cluster.py",
+    "test_preflight.py",
     "test_distributed.py",
     "test_stages.py",
     "test_kernels.py",

@@ -19,6 +19,23 @@ answer ``200`` with ``ETag: "<git blob sha1>"`` and ``Content-Length``; LFS file
 carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) so that
 ``hf_raise_for_status`` maps them to the right exception.
 
+It also takes uploads the way ``HfApi.create_repo`` + ``HfApi.create_commit`` (2.4.0) send
+them, so a publish can be tested against it:
+
+* ``POST /api/repos/create`` -- a new repo (holding ``.gitattributes``, as on the Hub) with
+  its visibility; ``409`` when it exists
+* ``POST /api/validate-yaml`` -- the README's front matter must be a YAML mapping
+* ``POST /api/{models,datasets}/{repo_id}/preupload/{rev}`` -- answers ``"regular"`` for
+  every file, so the client sends each file's bytes inline in the commit: no LFS batch
+  API, no Xet (the client would ask for those only for files marked ``"lfs"``)
+* ``POST /api/{models,datasets}/{repo_id}/commit/{rev}`` -- the ndjson commit (``header``,
+  ``file`` base64, ``deletedFile``, ``deletedFolder``); a ``lfsFile`` line is refused
+  since no file was ever marked ``"lfs"``
+
+Each commit moves that repo to a new commit id; every request is recorded with its method,
+path, headers and body (:attr:`FakeHub.requests`), each commit parsed
+(:attr:`FakeHub.commits`).
+
 ``huggingface_hub`` reads ``HF_ENDPOINT`` once, at import time (``constants.ENDPOINT`` and
 ``constants.HUGGINGFACE_CO_URL_TEMPLATE``), so the honest way to point it at this server is
 a subprocess started with ``HF_ENDPOINT=hub.url`` in its environment (see :meth:`FakeHub.env`).
@@ -31,6 +48,7 @@ Usage::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -40,6 +58,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import yaml
 
 LFS_POINTER_SIZE = 134  # not checked by the client; about what the real Hub reports
 
@@ -63,6 +83,7 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]  # lower-cased names
+    body: bytes = b""
 
     @property
     def authorization(self) -> str | None:
@@ -74,6 +95,8 @@ class _Repo:
     repo_type: str  # "model" | "dataset"
     repo_id: str
     files: dict[str, bytes] = field(default_factory=dict)
+    commit: str | None = None  # set once the repo was created or committed to over HTTP
+    private: bool | None = None  # as asked at creation over HTTP
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -128,6 +151,7 @@ class FakeHub:
         self.token = token
         self.lfs_threshold = lfs_threshold
         self.requests: list[Request] = []
+        self.commits: list[dict] = []  # parsed commits: repo_id, summary, added, deleted
         self._tampered: dict[tuple[str, str, str], bytes] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -193,6 +217,16 @@ class FakeHub:
         like a corrupted transfer or a mirror that is out of sync."""
         repo_type, repo_id = _split_key(repo)
         self._tampered[(repo_type, repo_id, path)] = data
+
+    def files_of(self, repo: str) -> dict[str, bytes]:
+        """The files a repo holds now (``datasets/`` prefix for a dataset repo)."""
+        repo_type, repo_id = _split_key(repo)
+        with self._lock:
+            return dict(self._repos[(repo_type, repo_id)].files)
+
+    def repo(self, repo: str) -> _Repo | None:
+        with self._lock:
+            return self._repos.get(_split_key(repo))
 
     def is_lfs(self, data: bytes) -> bool:
         return len(data) >= self.lfs_threshold
@@ -284,13 +318,29 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch()
 
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
     def _dispatch(self) -> None:
         hub = self.hub
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = parse_qs(split.query)
+        body = self._read_body() if self.command == "POST" else b""
         hub._record(
-            Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+            Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         )
         host = (self.headers.get("Host") or "").split(":")[0]
 
@@ -301,6 +351,8 @@ class _Handler(BaseHTTPRequestHandler):
         if hub.token is not None and self.headers.get("Authorization") != f"Bearer {hub.token}":
             # what the real Hub answers for a private repo without a (valid) token
             return self._error(401, "RepoNotFound", "Repository not found or token missing")
+        if self.command == "POST":
+            return self._serve_post(path, body)
         if path.startswith("/api/"):
             return self._serve_api(path[len("/api/") :], query)
         return self._serve_resolve(path.lstrip("/"))
@@ -314,8 +366,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return repo, "/".join(parts[n:])
         return None
 
-    def _check_revision(self, revision: str) -> bool:
-        if revision in (self.hub.commit, self.hub.branch):
+    def _check_revision(self, revision: str, repo: _Repo | None = None) -> bool:
+        if revision in (self.hub.commit, self.hub.branch) or (
+            repo is not None and repo.commit is not None and revision == repo.commit
+        ):
             return True
         self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return False
@@ -332,15 +386,17 @@ class _Handler(BaseHTTPRequestHandler):
         op, _, rest = rest.partition("/")
         if op in ("", "revision"):  # repo_info / model_info / dataset_info
             revision = rest or self.hub.branch
-            if not self._check_revision(revision):
+            if not self._check_revision(revision, repo):
                 return None
             return self._json(
                 200,
                 {
                     "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
                     "id": repo.repo_id,
-                    "sha": self.hub.commit,
-                    "private": self.hub.token is not None,
+                    "sha": repo.commit or self.hub.commit,
+                    "private": repo.private
+                    if repo.private is not None
+                    else self.hub.token is not None,
                     "gated": False,
                     "disabled": False,
                     "siblings": [{"rfilename": p} for p in sorted(repo.files)],
@@ -348,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if op == "tree":  # list_repo_tree
             revision, _, in_repo = rest.partition("/")
-            if not self._check_revision(revision):
+            if not self._check_revision(revision, repo):
                 return None
             recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
             entries = self.hub._tree_entries(repo, in_repo, recursive)
@@ -418,3 +474,122 @@ class _Handler(BaseHTTPRequestHandler):
                 status, body = 206, data[start : end + 1]
                 headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
         return self._send(status, body, headers, content_type="application/octet-stream")
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def _serve_post(self, path: str, body: bytes) -> None:
+        if path == "/api/repos/create":
+            return self._create_repo(json.loads(body))
+        if path == "/api/validate-yaml":
+            return self._validate_yaml(json.loads(body))
+        kind, _, rest = path.removeprefix("/api/").partition("/")
+        repo_type = {"models": "model", "datasets": "dataset"}.get(kind)
+        found = self._find_repo(repo_type, rest) if path.startswith("/api/") and repo_type else None
+        if found is None:
+            return self._error(404, "RepoNotFound", "Repository not found")
+        repo, rest = found
+        op, _, revision = rest.partition("/")
+        if revision != self.hub.branch:  # uploads go to the branch (no PRs, no other refs)
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        if op == "preupload":
+            return self._preupload(repo, json.loads(body))
+        if op == "commit":
+            return self._commit(repo, body)
+        return self._error(404, "EntryNotFound", f"endpoint {op!r} not implemented by FakeHub")
+
+    def _create_repo(self, payload: dict) -> None:
+        repo_type = payload.get("type") or "model"
+        if not payload.get("organization"):
+            return self._json(400, {"error": "FakeHub needs an explicit organization"})
+        repo_id = f"{payload['organization']}/{payload['name']}"
+        prefix = "" if repo_type == "model" else f"{repo_type}s/"
+        url = f"{self.hub.url}/{prefix}{repo_id}"
+        with self.hub._lock:
+            if (repo_type, repo_id) in self.hub._repos:
+                return self._json(409, {"error": "You already created this repo", "url": url})
+            files = {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
+            repo = _Repo(repo_type, repo_id, files, private=payload.get("visibility") == "private")
+            repo.commit = hashlib.sha1(f"create {repo_type}/{repo_id}".encode()).hexdigest()
+            self.hub._repos[(repo_type, repo_id)] = repo
+        return self._json(200, {"url": url, "name": repo_id})
+
+    def _validate_yaml(self, payload: dict) -> None:
+        content = payload.get("content", "")
+        if content.startswith("---\n"):
+            front, sep, _ = content[4:].partition("\n---")
+            try:
+                meta = yaml.safe_load(front) if sep else None
+            except yaml.YAMLError as error:
+                meta = error
+            if not isinstance(meta, dict):
+                message = f"invalid metadata: {meta!r}"
+                return self._json(
+                    400, {"errors": [{"message": message}]}, {"X-Error-Message": message}
+                )
+        return self._json(200, {"errors": [], "warnings": []})
+
+    def _preupload(self, repo: _Repo, payload: dict) -> None:
+        files = [
+            {
+                "path": f["path"],
+                "uploadMode": "regular",
+                "shouldIgnore": False,
+                "oid": git_blob_sha1(repo.files[f["path"]]) if f["path"] in repo.files else None,
+            }
+            for f in payload["files"]
+        ]
+        return self._json(200, {"files": files, "commitOid": repo.commit or self.hub.commit})
+
+    def _commit(self, repo: _Repo, body: bytes) -> None:
+        if not body.endswith(b"\n"):
+            return self._json(400, {"error": "a commit is ndjson: one JSON object per line"})
+        lines = [json.loads(line) for line in body.split(b"\n") if line.strip()]
+        if not lines or lines[0].get("key") != "header":
+            return self._json(400, {"error": "the first line of a commit is its header"})
+        header, added, deleted = lines[0]["value"], {}, []
+        for line in lines[1:]:
+            key, value = line["key"], line["value"]
+            if key == "file" and value.get("encoding") == "base64":
+                added[value["path"]] = base64.b64decode(value["content"])
+            elif key in ("deletedFile", "deletedFolder"):
+                deleted.append((key, value["path"]))
+            else:  # e.g. lfsFile: no file was ever marked for LFS
+                return self._json(422, {"error": f"unexpected commit line {key!r}"})
+        with self.hub._lock:
+            for key, target in deleted:
+                gone = [
+                    p
+                    for p in repo.files
+                    if p == target
+                    or (key == "deletedFolder" and p.startswith(target.rstrip("/") + "/"))
+                ]
+                if not gone:
+                    message = f"A file with this name doesn't exist: {target}"
+                    return self._error(404, "EntryNotFound", message)
+                for p in gone:
+                    del repo.files[p]
+            repo.files.update(added)
+            repo.commit = hashlib.sha1((repo.commit or "").encode() + body).hexdigest()
+            self.hub.commits.append(
+                {
+                    "repo_id": repo.repo_id,
+                    "repo_type": repo.repo_type,
+                    "summary": header.get("summary"),
+                    "description": header.get("description"),
+                    "added": added,
+                    "deleted": [p for _k, p in deleted],
+                    "oid": repo.commit,
+                }
+            )
+            oid = repo.commit
+        prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
+        return self._json(
+            200,
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": f"{self.hub.url}/{prefix}{repo.repo_id}/commit/{oid}",
+                "hookOutput": "",
+                "pullRequestUrl": None,
+            },
+        )

@@ -65,7 +65,9 @@ def test_the_rendered_yaml_is_derived_from_the_run():
     rendered = backends.get("automodel").render(run)["launch_files"]["automodel.yaml"]
     assert rendered["seed"] == SEED
     assert rendered["checkpoint"]["checkpoint_dir"] == str(run.paths.checkpoints)
-    assert rendered["checkpoint"]["max_recent_checkpoints"] == 3
+    # Automodel's own pruning is off: ftflow keeps the newest 3 complete ones after marking
+    assert rendered["checkpoint"]["max_recent_checkpoints"] is None
+    assert backends.get("automodel").render(run)["retention"] == {"save_total_limit": 3}
     assert rendered["model"]["pretrained_model_name_or_path"] == str(paths.model_dir("tiny"))
     assert rendered["step_scheduler"] == {
         "global_batch_size": 8,
@@ -73,6 +75,7 @@ def test_the_rendered_yaml_is_derived_from_the_run():
         "num_epochs": 2,
         "ckpt_every_steps": 5,
         "val_every_steps": None,
+        "preemption_signal": ["SIGUSR1", "SIGTERM"],  # ftflow.interrupt
         "max_steps": 20,
     }
     lr = config["methods"]["lora"]["learning_rate"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,98 @@ def test_checkpoints_without_a_fingerprint_are_not_trusted(workdir: Path):
     ckpt = _fake_checkpoint(run_config, 8)  # e.g. left by an older ftflow, or copied in
     assert "no readable fingerprint.json" in checkpoints.claim(run_config)
     assert not ckpt.exists()
+
+
+# ------------------------------------------------------------------------- retention
+
+
+def _folder(checkpoints_dir: Path, step: int, complete: bool) -> Path:
+    ckpt = checkpoints_dir / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    if complete:
+        (ckpt / checkpoints.COMPLETE_MARKER).write_text(f"{step}\n")
+    return ckpt
+
+
+def test_retention_counts_complete_checkpoints_and_keeps_the_newest(tmp_path: Path):
+    from ftflow.backends.trl import TrlBackend
+
+    folder = tmp_path / "checkpoints"
+    for step, complete in [(2, True), (3, False), (4, True), (6, True), (8, False)]:
+        _folder(folder, step, complete)
+    trl = TrlBackend()
+    # keep 2: the oldest complete one goes, and the leftover of a killed save at step 3;
+    # the incomplete step 8 is newer than every complete one (a save in progress) and stays
+    gone = checkpoints.retain(folder, 2, trl)
+    assert sorted(p.name for p in gone) == ["checkpoint-2", "checkpoint-3"]
+    assert [(c.step, c.complete) for c in trl.checkpoints(folder)] == [
+        (4, True),
+        (6, True),
+        (8, False),
+    ]
+    # keep 1: the newest complete one is what a resume needs, never the incomplete newer one
+    checkpoints.retain(folder, 1, trl)
+    assert [(c.step, c.complete) for c in trl.checkpoints(folder)] == [(6, True), (8, False)]
+    # nothing complete yet: nothing is removed
+    only_incomplete = tmp_path / "fresh"
+    _folder(only_incomplete, 5, False)
+    assert checkpoints.retain(only_incomplete, 1, trl) == []
+    assert (only_incomplete / "checkpoint-5").is_dir()
+
+
+@pytest.mark.slow
+def test_the_trainer_always_leaves_a_complete_checkpoint(tmp_path: Path, monkeypatch):
+    """A real TRL run, save_total_limit 1, a save at every step. At each save — the new
+    checkpoint written, not yet marked complete: a kill then leaves it incomplete — the
+    previous complete checkpoint must still be there. transformers' own rotation (run here
+    once for contrast) has deleted it by then; ftflow's (checkpoints.retain) has not."""
+    from conftest import copy_workflow, load_default_config, snakemake, write_config
+    from transformers import TrainerCallback
+
+    from ftflow import backends, spec
+    from ftflow.backends.trl.callbacks import CompleteMarker
+    from ftflow.backends.trl.trainer import build_trainer
+
+    work = copy_workflow(tmp_path / "ftflow")
+    config = load_default_config()
+    config.pop("evaluations")
+    config["methods"]["sft"].update(max_steps=4, save_steps=1, save_total_limit=1)
+    config["grid"] = [
+        {"models": ["tiny"], "methods": ["sft"], "datasets": ["secure_code"], "seeds": [9]}
+    ]
+    write_config(work, config)
+    run_config = paths.run_config("tiny", "sft", "secure_code", 9)
+    snakemake(work, str(run_config), str(paths.prepared("tiny", "secure_code")), "--cores", "2")
+    monkeypatch.chdir(work)
+    run = spec.load(run_config)
+    trl = backends.get("trl")
+    folder = run.paths.checkpoints
+
+    def train(rendered: dict) -> list[list[int]]:
+        """Train; return the complete checkpoints found at each save, before marking."""
+        shutil.rmtree(folder, ignore_errors=True)
+        _folder(folder, 0, complete=False)  # an older attempt's half-written save
+        seen: list[list[int]] = []
+
+        class Probe(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                seen.append([c.step for c in trl.checkpoints(folder) if c.complete])
+                if state.global_step == 2:  # a newer save still being written elsewhere
+                    _folder(folder, 99, complete=False)
+
+        trainer = build_trainer(run, rendered, tmp_path / "metrics.partial.jsonl")
+        callbacks = trainer.callback_handler.callbacks
+        marker = next(i for i, c in enumerate(callbacks) if isinstance(c, CompleteMarker))
+        callbacks.insert(marker, Probe())  # runs just before the marker
+        trainer.train()
+        return seen
+
+    rendered = trl.render(run)
+    assert rendered["trainer"]["save_total_limit"] is None  # the Trainer rotates nothing
+    assert train(rendered) == [[], [1], [2], [3]]
+    assert [(c.step, c.complete) for c in trl.checkpoints(folder)] == [(4, True), (99, False)]
+
+    stock = trl.render(run)
+    stock["trainer"]["save_total_limit"] = 1  # the Trainer's own rotation
+    stock["retention"]["save_total_limit"] = 1000  # ftflow's keeps every complete one
+    assert [] in train(stock)[1:]  # a moment with no checkpoint to resume from

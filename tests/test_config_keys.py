@@ -38,6 +38,19 @@ ELSEWHERE = {
     "methods.*.stages.[].resources.retry_runtime": "a sanity job's retry time limit "
     "(get_stage_runtime, as get_train_runtime for training)",
     "plan_cost_per_gpu_hour": "the plan's cost column: tests/test_plan.py",
+    "plan_disk_quota_gb": "the plan's disk warning: tests/test_plan.py::"
+    "test_the_disk_quota_warns_only_when_the_estimate_exceeds_it",
+    # Tracking acts inside the training job (run.yaml's tracking block) and in the login
+    # node's sync_tracking, asked for by name: tests/test_tracking.py shows each.
+    "tracking.tensorboard": "test_tensorboard_events_hold_the_metrics_rows",
+    **dict.fromkeys(
+        [f"tracking.wandb.{k}" for k in ("project", "entity", "mode")],
+        "test_wandb_offline_runs_carry_identity_and_metrics, test_sync_refuses_…",
+    ),
+    **dict.fromkeys(
+        [f"tracking.wandb.{k}" for k in ("sync_retries", "sync_retry_delay", "sync_timeout")],
+        "test_sync_to_an_unreachable_endpoint_fails_clearly_and_keeps_everything",
+    ),
     # A kernel package of the user's: no shipped config needs one (the built-in
     # causal_conv1d and mamba_ssm are pinned in ftflow.kernels); tests/test_kernels.py:
     **dict.fromkeys(
@@ -50,6 +63,17 @@ ELSEWHERE = {
     "kernels.packages.*.imports": "test_a_kernel_that_does_not_import_is_an_error_naming_…",
     "kernels.packages.*.cuda": "test_kernel_config_errors_name_the_key",
     "kernels.packages.*.patch": "test_a_patch_is_applied_and_is_part_of_the_key",
+    # Publishing runs only when asked for by name (`snakemake publish`, not the default
+    # target): tests/test_publish.py pushes to a fake Hub and reads each key back.
+    **dict.fromkeys(
+        [
+            "publish.organisation",
+            *(f"publish.runs.[].{k}" for k in ("model", "method", "dataset", "seed")),
+            *(f"publish.runs.[].{k}" for k in ("name", "private")),
+        ],
+        "test_publish_pushes_each_final_with_its_card (repo ids, files, visibility), "
+        "test_publish_config_errors_name_the_key",
+    ),
 }
 
 

@@ -105,6 +105,7 @@ def test_the_build_is_keyed_by_toolchain_installed_read_only_and_loaded_by_jobs(
         assert cache.name.startswith("ftflow-triton.") and not cache.is_relative_to(built)
         caches.add(cache)
     assert len(caches) == len(logs)
+    assert not [c for c in caches if c.exists()], "a job left its Triton cache behind"
     assert "pip install" not in (built / run.log()).read_text()
 
 

@@ -2,9 +2,9 @@
 
 What is checked is read back from SLURM itself (sacct / scontrol), not from our own
 strings: one SLURM job per compute job and none for local rules, the exact GPUs, CPUs,
-memory and time a training job asked for, a job killed at its time limit that is
-retried, and a running job requeued by SLURM (as preemption does); both resume from their
-checkpoint and end with the weights of an uninterrupted run.
+memory and time a training job asked for, a job warned by SLURM's signal before its time
+limit that checkpoints and is retried, and a running job requeued by SLURM (as preemption
+does); both resume from their checkpoint and end with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -198,10 +198,15 @@ def test_gpu_training_job_asks_exactly_what_its_config_says(slurm, tmp_path):
     assert re.search(r"CUDA_VISIBLE_DEVICES=\d,\d", log), log  # the GPUs SLURM gave the job
 
 
-def test_time_limit_kill_retry_resume(slurm, tmp_path):
-    """1-minute limit, ~2 minutes of training: TIMEOUT, retried, resumed, same weights."""
-    steps = 2400
-    config = _resumable_config(steps, save_steps=200, runtime=1, retry_runtime=10)
+def test_time_limit_signal_checkpoint_retry_resume(slurm, tmp_path):
+    """2-minute limit, more training than that: SLURM's warning signal (sbatch
+    --signal=USR1@30) comes 30-90 s before the limit; the trainer writes a checkpoint at
+    that step and exits; the retry resumes from that checkpoint, not from the last
+    periodic one, and ends with the weights of an uninterrupted run."""
+    steps, save_steps = 2400, 200
+    config = _resumable_config(
+        steps, save_steps=save_steps, runtime=2, retry_runtime=10, signal_lead=30
+    )
     work = copy_workflow(tmp_path / "slurm")
     write_config(work, config)
     with Uninterrupted(config, tmp_path) as straight:
@@ -209,9 +214,15 @@ def test_time_limit_kill_retry_resume(slurm, tmp_path):
 
         rows = _jobs(slurm, work, "train")
         states = [r["State"].split()[0] for r in rows]
-        assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", rows
-        assert rows[0]["Timelimit"] == "00:01:00" and rows[-1]["Timelimit"] == "00:10:00"
-        assert 0 < _resumed_step(work) < steps
+        assert len(rows) == 2 and states == ["FAILED", "COMPLETED"], rows
+        assert rows[0]["Timelimit"] == "00:02:00" and rows[-1]["Timelimit"] == "00:10:00"
+        log = (work / paths.train_log("tiny", "sft", "secure_code", 3)).read_text()
+        assert "[ftflow] SIGUSR1: checkpoint after this step, then stop" in log
+        at = int(re.search(r"stopped by SIGUSR1 after step (\d+)", log).group(1))
+        assert 0 < at < steps and _resumed_step(work) == at
+        # What a kill at the limit would have lost (the steps after the last periodic
+        # checkpoint), against none: the signal's checkpoint is the step it came at.
+        print(f"signal at step {at}: {at % save_steps} steps saved from a time-limit kill")
         straight.assert_same_weights(work)
 
 

@@ -82,6 +82,33 @@ def discard_incomplete(checkpoints: Path, backend=None) -> list[Path]:
     return removed
 
 
+def retain(checkpoints: Path, keep: int, backend=None) -> list[Path]:
+    """Keep the newest ``keep`` complete checkpoints (``save_total_limit``); return what went.
+
+    Only complete checkpoints count, and only once marked: called by the backend right
+    after it marks a new one, so the previous complete checkpoint — the one a resume
+    needs until then — is still there at any moment a job may be killed. The newest
+    complete checkpoint is never removed (``keep`` is at least 1). An incomplete one older
+    than it is a killed save's leftover and goes; a newer incomplete one may be a save
+    still being written and stays (the next attempt's start discards it if it is not).
+    Both backends' own rotations are off: the Trainer's runs before the new checkpoint is
+    marked and counts unmarked folders, Automodel's runs before ftflow marks.
+    """
+    found = listed(checkpoints, backend)
+    complete = [c for c in found if c.complete]
+    if not complete:
+        return []
+    kept = {c.path for c in complete[-max(keep, 1) :]}
+    newest = complete[-1].step
+    removed = []
+    for c in found:
+        if c.path in kept or (not c.complete and c.step > newest):
+            continue
+        shutil.rmtree(c.path)
+        removed.append(c.path)
+    return removed
+
+
 def truncate_metrics(partial: Path, last_step: int) -> None:
     """Keep metric lines up to ``last_step``: a resumed run logs the later steps again."""
     if not partial.exists():
@@ -105,7 +132,8 @@ def fingerprint(cfg: dict) -> dict[str, str | None]:
     data's content and every setting that changes tokens.
     """
     method = {k: v for k, v in cfg["method"].items() if k not in CHECKPOINTING_ONLY}
-    trained_from = {**cfg, "method": method}
+    # Where the metrics are also logged (TensorBoard, W&B) changes no weight either.
+    trained_from = {**{k: v for k, v in cfg.items() if k != "tracking"}, "method": method}
     run = cfg["run"]
     manifest = json.loads(paths.prepared(run["model"], run["dataset"]).read_text())
     parent = None

@@ -7,7 +7,9 @@
 2. **Resume point** — incomplete checkpoints (a killed attempt's) are discarded, the newest
    complete one is resumed, and the live metric lines after it are cut (they are logged
    again).
-3. **Train** — the backend's own ``train``.
+3. **Train** — the backend's own ``train``, with the job's tracker open
+   (:mod:`ftflow.tracking`: TensorBoard, W&B offline), which also receives every
+   finished ``metrics.jsonl`` row the backend did not log live.
 4. **Finish** — every process takes part in the backend's export into a temporary folder
    (gathering sharded weights is collective); the main process then replaces ``final/``
    with it atomically, with no absolute paths inside; the backend's metric rows are
@@ -25,7 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ftflow import backends, checkpoints, files
+from ftflow import backends, checkpoints, files, tracking
 from ftflow.backends import Backend, Checkpoint
 from ftflow.spec import RunSpec
 
@@ -158,5 +160,10 @@ def run(spec: RunSpec) -> Path:
     from transformers import set_seed
 
     set_seed(spec.run.seed)
-    trained = backend.train(spec, resume)
-    return finish(spec, backend, trained)
+    main = rank()[0] == 0
+    with tracking.open_tracker(spec, resume.step if resume else 0, main) as tracker:
+        trained = backend.train(spec, resume)
+        done = finish(spec, backend, trained)
+        if main:  # the rows no backend logged live (all of them, for some backends)
+            tracker.log_rows(files.read_jsonl(spec.paths.metrics))
+    return done

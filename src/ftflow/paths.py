@@ -11,8 +11,12 @@ Layout::
     resources/datasets/{dataset}/data.jsonl    prefetched raw data (pinned)
     resources/prepared/{model}/{dataset}.json  manifest: which cache entry this pair uses
     resources/cache/tokenized/{key}/           content-addressed tokenised datasets
+    resources/cache/ref_logps/{key}/           DPO reference log-probs, content-addressed
     results/{model}/{method}/{dataset}/seed{seed}/
         run.yaml  launch/  checkpoints/  final/  metrics.jsonl  sanity/{stage}/  eval/{evaluation}/
+        tensorboard/  wandb/                   tracking (ftflow.tracking); a stage has its own
+        published.json                         the Hub repo and commit of a published run
+    results/tracking/wandb_synced.json         what sync_tracking uploaded from the login node
     logs/…, benchmarks/…                       mirror the same wildcards
 
 A run's identity is :class:`Run`; :class:`RunPaths` gives every path of one run, and
@@ -46,14 +50,18 @@ EVAL_ANSWERS = f"{RUN_EVAL}/answers.jsonl"
 EVAL_JUDGED = f"{RUN_EVAL}/judged.jsonl"
 EVAL_SUMMARY = f"{RUN_EVAL}/summary.csv"
 EVAL_LM_EVAL = f"{RUN_EVAL}/lm_eval.json"
+RUN_PUBLISHED = f"{RUN_DIR}/published.json"  # what the publish rule pushed to the Hub
 
 MODEL_DIR = f"{RESOURCES}/models/{{model}}"
 DATASET_RAW = f"{RESOURCES}/datasets/{{dataset}}/data.jsonl"
 PREPARED = f"{RESOURCES}/prepared/{{model}}/{{dataset}}.json"
 CACHE_ENTRY = f"{RESOURCES}/cache/tokenized/{{key}}"
+REF_LOGPS_ENTRY = f"{RESOURCES}/cache/ref_logps/{{key}}"
 HF_HOME = f"{RESOURCES}/hf_home"
 LM_EVAL_TASKS = f"{RESOURCES}/lm_eval/{{evaluation}}.json"
 QUESTIONS_FETCHED = f"{RESOURCES}/questions/{{evaluation}}.yaml"
+
+TRACKING_SYNCED = f"{RESULTS}/tracking/wandb_synced.json"
 
 REPORT_DIR = f"{RESULTS}/report"
 REPORT_RUNS = f"{REPORT_DIR}/runs.csv"
@@ -153,6 +161,16 @@ class RunPaths:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files of this training (:mod:`ftflow.tracking`)."""
+        return self.root / "tensorboard"
+
+    @property
+    def wandb(self) -> Path:
+        """W&B's own folder (``offline-run-*/``): ``wandb.init(dir=root)`` writes it."""
+        return self.root / "wandb"
+
     def launch_file(self, name: str) -> Path:
         """A file the backend renders from ``run.yaml`` for its library (``deepspeed.json``)."""
         return self.root / "launch" / name
@@ -224,6 +242,10 @@ def prepared(model: str, dataset: str) -> Path:
 
 def cache_entry(key: str) -> Path:
     return _fmt(CACHE_ENTRY, key=key)
+
+
+def ref_logps_entry(key: str) -> Path:
+    return _fmt(REF_LOGPS_ENTRY, key=key)
 
 
 def report_loss(model: str, method: str, dataset: str) -> Path:

@@ -60,8 +60,11 @@ class MethodSpec:
     deepspeed: dict[str, Any] | None = None
     beta: float | None = None
     loss_type: str | None = None
+    precompute_ref_log_probs: bool = False  # dpo (a run.yaml from before it: the old path)
     resources: dict[str, Any] = field(default_factory=dict)
     max_minutes: float | None = None  # a sanity stage's time budget (TRL)
+    packing: str = "none"  # none | padding_free | bfd (TRL, sft and lora)
+    liger_kernel: bool = False  # Liger's Triton kernels (TRL, CUDA GPUs)
 
 
 @dataclass(frozen=True)

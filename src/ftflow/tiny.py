@@ -114,15 +114,54 @@ def build(
     import torch
 
     tokenizer = build_tokenizer(corpus_texts(corpus), vocab_size)
-    common = dict(
+    config, model_class = model_config(
         vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        architecture=architecture,
+        pattern=pattern,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def model_config(
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int | None = None,
+    num_heads: int = 4,
+    max_position_embeddings: int = 512,
+    architecture: str = "llama",
+    pattern: str | None = None,
+    tie_word_embeddings: bool | None = None,
+    **token_ids: int | None,
+):
+    """The transformers config and model class :func:`build` makes from these settings.
+
+    ``vocab_size`` is the tokenizer's real size when :func:`build` calls it; the plan, which
+    trains no tokenizer, passes the setting (an upper bound: BPE stops early on a small
+    corpus). ``token_ids``: ``bos_token_id``, ``eos_token_id``, ``pad_token_id``.
+    """
+    common = dict(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_attention_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **token_ids,
     )
     if architecture == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -133,8 +172,8 @@ def build(
             num_key_value_heads=num_heads,
             tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings,
         )
-        model_class = LlamaForCausalLM
-    elif architecture == "nemotron_h":
+        return config, LlamaForCausalLM
+    if architecture == "nemotron_h":
         from transformers import NemotronHConfig, NemotronHForCausalLM
 
         config = NemotronHConfig(
@@ -142,16 +181,8 @@ def build(
             **_nemotron_h(hidden_size, num_heads, pattern),
             tie_word_embeddings=bool(tie_word_embeddings),
         )
-        model_class = NemotronHForCausalLM
-    else:
-        raise ValueError(f"architecture {architecture!r} (allowed: {', '.join(ARCHITECTURES)})")
-    torch.manual_seed(seed)
-    model = model_class(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+        return config, NemotronHForCausalLM
+    raise ValueError(f"architecture {architecture!r} (allowed: {', '.join(ARCHITECTURES)})")
 
 
 def _nemotron_h(hidden_size: int, num_heads: int, pattern: str | None) -> dict:

@@ -18,7 +18,10 @@ Contract, the same for every backend (:mod:`ftflow.backends`, :mod:`ftflow.lifec
   with no absolute paths inside;
 - loads the compiled kernels its model needs from their builds, or stops naming the
   import that failed (:func:`ftflow.kernels.require`);
-- stops with :class:`NonFiniteLossError` as soon as a logged loss is NaN or Inf.
+- stops with :class:`NonFiniteLossError` as soon as a logged loss is NaN or Inf;
+- on USR1 (SLURM's warning before the time limit) or TERM (preemption) writes a complete
+  checkpoint at the end of the current step and exits with status 75
+  (:mod:`ftflow.interrupt`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftflow import checkout, kernels, launch, lifecycle, offline, paths, spec, torchutil
+from ftflow import checkout, interrupt, kernels, launch, lifecycle, offline, paths, spec, torchutil
 from ftflow.backends import metric_keys  # noqa: F401  (the contract's keys, re-exported)
 from ftflow.checkpoints import StaleCheckpointsError
 from ftflow.lifecycle import MetricsContractError, NonFiniteLossError
@@ -42,6 +45,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("run_config", type=Path, help="the run's run.yaml")
     args = parser.parse_args(argv)
     launch.die_with_launcher()
+    interrupt.install()
     offline.apply_offline(paths.RESOURCES)
     print(f"[ftflow] code: {checkout.code_dir()}", flush=True)
     try:
@@ -51,6 +55,9 @@ def cli(argv: list[str] | None = None) -> int:
             print(f"[ftflow] {line}", flush=True)
         main(args.run_config)
         print(f"[ftflow] peak memory {torchutil.peak_memory_mb():.0f} MB", flush=True)
+    except interrupt.Interrupted as stopped:
+        print(f"[ftflow] {stopped}", file=sys.stderr, flush=True)
+        return interrupt.EXIT_CODE
     except (
         kernels.KernelError,
         NonFiniteLossError,

@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and every input function.
 
+import json
 import os
 import re
 import sys
@@ -14,11 +15,15 @@ os.environ.pop("FTFLOW_CODE", None)
 
 from ftflow import backends, checkout, datafiles, paths  # noqa: E402
 from ftflow import config as ftconfig  # noqa: E402
-from ftflow import kernels, launch  # noqa: E402
+from ftflow import interrupt, kernels, launch, tracking  # noqa: E402
 
 # Every job imports the ftflow this Snakefile imported (its own src/, else the installed
 # one), never another clone that happens to be installed: see ftflow.checkout.
 os.environ.update(checkout.job_env())
+
+# Inside a SLURM job, the warning signal before the time limit is the trainer's alone
+# (ftflow.interrupt): this Snakemake, and the job's shell it starts, ignore it.
+interrupt.ignore_in_snakemake()
 
 # Friendly errors first (key path + allowed values), then snakemake's own pass.
 try:
@@ -166,6 +171,31 @@ def get_train_runtime(wildcards, attempt):
     """Minutes; later attempts (after a time-limit kill) may ask for more."""
     res = _method(wildcards)["resources"]
     return res["runtime"] if attempt == 1 else res.get("retry_runtime", res["runtime"])
+
+
+def _signal_option(wildcards, attempt, method):
+    """sbatch's --signal for a training job (ftflow.interrupt): the lead from the
+    longest save measured by this run's attempts and its sanity stages."""
+    res = method.get("resources") or {}
+    runtime = res.get("runtime", 60)
+    if attempt > 1:
+        runtime = res.get("retry_runtime", runtime)
+    run = _run(wildcards)
+    folders = [paths.RunPaths(run).checkpoints] + [
+        paths.RunPaths(run, name).checkpoints
+        for name in ftconfig.stage_names(_method(wildcards))
+    ]
+    measured = interrupt.measured_save_seconds(folders)
+    lead = interrupt.lead_seconds(res.get("signal_lead", "auto"), runtime, measured)
+    return interrupt.slurm_option(lead)
+
+
+def get_train_signal(wildcards, attempt):
+    return _signal_option(wildcards, attempt, _method(wildcards))
+
+
+def get_stage_signal(wildcards, attempt):
+    return _signal_option(wildcards, attempt, _stage_method(wildcards))
 
 
 def run_targets(pattern):
@@ -396,3 +426,75 @@ def stage_targets(pattern):
         for run in RUNS
         for stage in ftconfig.stages(config["methods"][run.method])
     ]
+
+
+# --------------------------------------------------------------------- tracking
+
+# Every training job reads where to track from here (ftflow.tracking.ENV): not a param,
+# so that adding W&B to a finished grid retrains nothing.
+os.environ[tracking.ENV] = json.dumps(ftconfig.resolve_tracking(config))
+
+
+def get_finished_wandb_dirs(wildcards):
+    """The wandb/ folders of finished trainings and sanity stages. As a param, a newly
+    finished run changes it, so Snakemake syncs again (and trains nothing for it)."""
+    done = [
+        paths.RunPaths(run) for run in RUNS if paths.RunPaths(run).metrics.is_file()
+    ]
+    done += [
+        paths.RunPaths(run, stage["name"])
+        for run in RUNS
+        for stage in ftconfig.stages(config["methods"][run.method])
+        if paths.RunPaths(run, stage["name"]).verdict.is_file()
+    ]
+    return sorted(str(p.wandb) for p in done if p.wandb.is_dir())
+
+
+# ---------------------------------------------------------------------- publish
+
+PUBLISH = ftconfig.publish_targets(config)
+
+
+def _publish_target(wildcards):
+    run = _run(wildcards)
+    if run not in PUBLISH:
+        raise ValueError(
+            f"run {run} is not in the config's publish.runs (allowed: "
+            + (", ".join(str(r) for r in PUBLISH) or "none")
+            + ")"
+        )
+    return PUBLISH[run]
+
+
+def get_publish_evaluations(wildcards):
+    """Every evaluation's per-run result: the card reports each with its interval."""
+    outputs = {"questions": paths.EVAL_SUMMARY, "lm_eval": paths.EVAL_LM_EVAL}
+    return [
+        outputs[ev["kind"]].format(**_run(wildcards).wildcards, evaluation=name)
+        for name, ev in sorted(EVALUATIONS.items())
+    ]
+
+
+def get_publish_data(wildcards):
+    """The run's dataset, then its parent runs' (a DPO run's SFT parent), as trained on."""
+    data, run = [], _run(wildcards)
+    while run is not None:
+        data.append(
+            {
+                "name": run.dataset,
+                "run": str(run),
+                "path": str(paths.dataset_raw(run.dataset)),
+                "source": config["datasets"][run.dataset]["source"],
+            }
+        )
+        run = ftconfig.parent_run(config, run)
+    return data
+
+
+def get_publish_records(wildcards):
+    if not PUBLISH:
+        raise ValueError(
+            "nothing to publish: the config has no publish block "
+            "(publish.organisation and publish.runs)"
+        )
+    return [paths.RUN_PUBLISHED.format(**run.wildcards) for run in PUBLISH]

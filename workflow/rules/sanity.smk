@@ -63,6 +63,7 @@ rule sanity:
         tasks=get_stage_resource("tasks"),
         mpi=get_stage_resource("mpi"),
         constraint=get_stage_resource("constraint"),
+        slurm_extra=get_stage_signal,
     params:
         gate=get_stage_gate,
         launcher=get_stage_launcher,

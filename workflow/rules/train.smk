@@ -67,6 +67,7 @@ rule train:
         tasks=get_train_resource("tasks"),
         mpi=get_train_resource("mpi"),
         constraint=get_train_resource("constraint"),
+        slurm_extra=get_train_signal,
     params:
         launcher=get_launcher,
         env=get_launch_env,

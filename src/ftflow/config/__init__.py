@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
+from ftflow.config.publish import PublishTarget, publish_targets, repo_id
 from ftflow.config.resolve import (
     DEFAULT_HEALTH,
     SCHEDULER_ONLY,
@@ -38,6 +39,7 @@ from ftflow.config.resolve import (
     processes,
     resolve_run,
     resolve_stage,
+    resolve_tracking,
     runs,
     stage_method,
     stage_names,
@@ -54,6 +56,7 @@ __all__ = [
     "SCHEMA_PATH",
     "BatchPlan",
     "ConfigError",
+    "PublishTarget",
     "Run",
     "base_runs",
     "derive_batch",
@@ -63,9 +66,12 @@ __all__ = [
     "load_schema",
     "parent_run",
     "processes",
+    "publish_targets",
+    "repo_id",
     "resolve_run",
     "named_stage_method",
     "resolve_stage",
+    "resolve_tracking",
     "stage_method",
     "stage_names",
     "stages",

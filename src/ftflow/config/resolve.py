@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
 from ftflow.paths import Run
 
-SCHEDULER_ONLY = ("runtime", "retry_runtime", "mem_mb", "constraint", "cpus_per_task")
+SCHEDULER_ONLY = (
+    "runtime",
+    "retry_runtime",
+    "mem_mb",
+    "constraint",
+    "cpus_per_task",
+    "signal_lead",
+)
+#: Tracking settings only the login node's sync_tracking reads: not part of a run.
+SYNC_ONLY = ("sync_retries", "sync_retry_delay", "sync_timeout")
 
 
 def runs(config: Mapping) -> list[Run]:
@@ -194,3 +203,13 @@ def _resolve(config: Mapping, run: Run, method: dict) -> dict:
             "seed": parent.seed,
         }
     return resolved
+
+
+def resolve_tracking(config: Mapping) -> dict:
+    """What a training job tracks to (TensorBoard, W&B): the config's ``tracking`` block
+    less what only ``sync_tracking`` reads."""
+    tracking = copy.deepcopy(dict(config.get("tracking") or {}))
+    tracking.setdefault("tensorboard", True)
+    if "wandb" in tracking:
+        tracking["wandb"] = {k: v for k, v in tracking["wandb"].items() if k not in SYNC_ONLY}
+    return tracking

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 
 from ftflow import backends
 from ftflow.config.errors import BASE_DATASET, BASE_METHOD, ConfigError
+from ftflow.config.publish import publish_targets
 from ftflow.config.resolve import derive_batch, stage_method, stage_names, stages
 from ftflow.config.schema import validate_schema_fragment
 
 # Defaults of the DPO-only method keys (filled in for dpo methods, refused on the others).
-DPO_ONLY = {"beta": 0.1, "loss_type": "sigmoid"}
+DPO_ONLY = {"beta": 0.1, "loss_type": "sigmoid", "precompute_ref_log_probs": True}
 
 
 def _check_names(kind: str, names: list[str], defined: Mapping, where: str) -> None:
@@ -205,6 +206,7 @@ def validate_semantics(config: dict) -> None:
                     f"{model} seed {seed}, but not its parent run "
                     f"{model}/{parent[1]}/{parent[2]}/seed{seed} — add it to the grid"
                 )
+    publish_targets(config)  # each entry a run of the grid, each repo id valid and unique
 
 
 def _validate_evaluations(config: dict) -> None:

@@ -25,6 +25,7 @@ an error naming the import and its exception, never a silent fall back to pure t
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib
@@ -315,7 +316,8 @@ def site_of(manifest: str | Path) -> Path:
 def env_exports(manifests: Iterable[str]) -> str:
     """Shell words that put the builds on ``PYTHONPATH`` and give the job a Triton cache of
     its own on node-local disk (Triton compiles Mamba-2's kernels at first use; a cache on
-    NFS is slow and shared between jobs that race on it)."""
+    NFS is slow and shared between jobs that race on it), removed when the job's shell
+    exits."""
     sites = [str(site_of(m)) for m in manifests]
     if not sites:
         return ""
@@ -323,6 +325,7 @@ def env_exports(manifests: Iterable[str]) -> str:
     return (
         f'export PYTHONPATH={path}"${{PYTHONPATH:+:$PYTHONPATH}}" && '
         'export TRITON_CACHE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ftflow-triton.XXXXXX")" && '
+        "trap 'rm -rf \"$TRITON_CACHE_DIR\"' EXIT && "
         f"export FTFLOW_KERNELS={','.join(manifests)} && "
     )
 
@@ -341,7 +344,9 @@ def activate(manifests: Iterable[str]) -> None:
         [*sites, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     )
     base = os.environ.get("TMPDIR") or tempfile.gettempdir()
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="ftflow-triton.", dir=base)
+    cache = tempfile.mkdtemp(prefix="ftflow-triton.", dir=base)
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ["TRITON_CACHE_DIR"] = cache
     os.environ["FTFLOW_KERNELS"] = ",".join(manifests)
 
 

@@ -64,9 +64,11 @@ def launch_command(method: Mapping, module: str = TRAIN_MODULE) -> str:
     words.append(f"-m {module}")
     command = " ".join(words)
     if nodes > 1:
-        # One launcher per node; the first node hosts the rendezvous.
+        # One launcher per node; the first node hosts the rendezvous. SLURM's warning
+        # signal reaches every process of this step: the launcher ignores it (and its
+        # workers inherit that), the trainer handles it (ftflow.interrupt).
         master = 'FTFLOW_MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)'
-        inner = shlex.quote(command + ' "$@"')
+        inner = shlex.quote("trap '' USR1; " + command + ' "$@"')
         return (
             f"export {master} FTFLOW_RDZV_PORT={RDZV_PORT}; "
             f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 "

@@ -9,7 +9,11 @@ executed, locked or submitted. For every job the plan lists
 - nodes × GPUs per node and the runtime limit in minutes,
 - GPU-hours = nodes × GPUs per node × runtime / 60 (the scheduler reservation, an upper
   bound: a job that finishes early is billed less on most clusters),
-- ``run`` or ``done``: a job whose outputs are up to date is listed as done and not counted.
+- ``run`` or ``done``: a job whose outputs are up to date is listed as done and not counted,
+- disk: a training job's kept checkpoints and ``final/``, a sanity stage's checkpoints, estimated
+  from the model's parameters (:mod:`ftflow.plan.disk` states the formula); done jobs count,
+  for they hold their disk. Past ``plan_disk_quota_gb`` (or ``--disk-quota-gb``), the plan
+  prints a warning.
 
 Training jobs take their resources from the method config
 (``methods.<m>.resources``: ``nodes``, ``gpus_per_node``, ``runtime``; ``retry_runtime``
@@ -44,6 +48,7 @@ from ftflow.plan.model import (
     CSV_COLUMNS,
     MAX_JOB_LINES,
     PLAN_CSV,
+    QUOTA_KEY,
     RUN_WILDCARDS,
     SKIPPED_RULES,
     TRAINING_RULES,
@@ -70,6 +75,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "PlannedJob",
+    "QUOTA_KEY",
     "Total",
     "cli",
     "csv_rows",
@@ -93,6 +99,7 @@ def main(
     replace_config: bool = False,
     targets: Sequence[str] = (),
     cost_per_gpu_hour: float | None = None,
+    disk_quota_gb: float | None = None,
     max_jobs: int | None = MAX_JOB_LINES,
     stream=None,
 ) -> Plan:
@@ -109,7 +116,9 @@ def main(
         replace_config=replace_config,
         targets=targets,
     )
-    plan = plan_jobs(jobs, final_config, cost_per_gpu_hour)
+    plan = plan_jobs(
+        jobs, final_config, cost_per_gpu_hour, root=workdir, disk_quota_gb=disk_quota_gb
+    )
     if out is not None:
         if workdir is not None and not Path(out).is_absolute():
             out = Path(workdir) / out
@@ -125,7 +134,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ftflow.plan",
         description="List every job the workflow would run with its GPUs × runtime, the "
-        "GPU-hours and an optional cost, without running anything.",
+        "GPU-hours, the disk of its checkpoints and an optional cost, without running anything.",
     )
     parser.add_argument("targets", nargs="*", help="targets, as for snakemake (default: all)")
     parser.add_argument(
@@ -149,6 +158,12 @@ def cli(argv: list[str] | None = None) -> int:
         type=float,
         help=f"price of one GPU-hour (overrides the config key {COST_KEY})",
     )
+    parser.add_argument(
+        "--disk-quota-gb",
+        type=float,
+        help=f"warn when the runs' estimated disk exceeds this (overrides the config key "
+        f"{QUOTA_KEY})",
+    )
     parser.add_argument("--output", "-o", type=Path, default=PLAN_CSV, help="CSV path")
     parser.add_argument("--no-csv", action="store_true", help="print only, write no CSV")
     parser.add_argument(
@@ -164,6 +179,7 @@ def cli(argv: list[str] | None = None) -> int:
             replace_config=args.replace_workflow_config,
             targets=args.targets,
             cost_per_gpu_hour=args.cost_per_gpu_hour,
+            disk_quota_gb=args.disk_quota_gb,
             max_jobs=None if args.all_jobs else MAX_JOB_LINES,
         )
     except PlanError as error:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ftflow import files
+from ftflow.plan.disk import GB, human
 from ftflow.plan.model import CSV_COLUMNS, MAX_JOB_LINES, RUN_WILDCARDS, Plan, Total
 
 
@@ -44,7 +45,11 @@ def format_plan(plan: Plan, max_jobs: int | None = MAX_JOB_LINES) -> str:
     )
     if with_cost:
         headline += f", cost {_fmt_cost(plan.cost)} at {plan.cost_per_gpu_hour:g} per GPU-hour"
-    out += [headline, ""]
+    if plan.disk_unknown():
+        headline += f"; disk ≥ {human(plan.disk_bytes)}" if plan.disk_bytes else "; disk unknown"
+    else:
+        headline += f"; disk {human(plan.disk_bytes)}"
+    out += [headline] + _disk_lines(plan) + [""]
 
     if max_jobs is None or len(plan.jobs) <= max_jobs:
         rows = [
@@ -57,23 +62,26 @@ def format_plan(plan: Plan, max_jobs: int | None = MAX_JOB_LINES) -> str:
                 "-" if j.runtime_min is None else j.runtime_min,
                 j.batch or "-",
                 _fmt_hours(j.gpu_hours) if j.counted else "-",
+                "-" if j.disk is None else human(j.disk_bytes),
             ]
             + ([_fmt_cost(plan.cost_of(j.gpu_hours)) if j.counted else "-"] if with_cost else [])
             for j in plan.jobs
         ]
         header = ["rule", "run", "status", "nodes", "gpus/node", "runtime[min]", "batch", "GPU-h"]
-        out += _table(header + (["cost"] if with_cost else []), rows, {3, 4, 5, 7, 8}) + [""]
+        header += ["disk"] + (["cost"] if with_cost else [])
+        out += _table(header, rows, {3, 4, 5, 7, 8, 9}) + [""]
     else:
         out += [f"({len(plan.jobs)} jobs: one line each in the CSV, or use --all-jobs)", ""]
 
     def summary(title: str, totals: list[Total]) -> list[str]:
         rows = [
             [t.key, t.jobs_to_run, t.jobs_done, _fmt_hours(t.gpu_hours)]
+            + [human(t.disk_bytes) if t.disk_bytes else "-"]
             + ([_fmt_cost(plan.cost_of(t.gpu_hours))] if with_cost else [])
             for t in totals + [total]
         ]
-        header = [title, "to run", "done", "GPU-h"] + (["cost"] if with_cost else [])
-        table = _table(header, rows, {1, 2, 3, 4})
+        header = [title, "to run", "done", "GPU-h", "disk"] + (["cost"] if with_cost else [])
+        table = _table(header, rows, {1, 2, 3, 4, 5})
         return table[:-1] + [table[1], table[-1], ""]
 
     out += summary("rule", plan.by_rule())
@@ -87,7 +95,34 @@ def format_plan(plan: Plan, max_jobs: int | None = MAX_JOB_LINES) -> str:
         header = ["full run", "measured in stage", "healthy", "tokens/s", "hours", "GPU-h"]
         out += ["Projected from the stages' measured seconds per step (linear scaling):"]
         out += _table(header, rows, {3, 4, 5}) + [""]
+    if plan.disk_warning():  # once more after a long table, where the eye ends
+        out += [plan.disk_warning()]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _disk_lines(plan: Plan) -> list[str]:
+    """What the disk figure covers, what it cannot, and the quota's warning."""
+    runs = [j for j in plan.jobs if j.disk is not None]
+    if not runs:
+        return []
+    lines = [
+        f"disk: checkpoints kept × size + final/, {len(runs)} training and sanity job(s), "
+        "done ones included (ftflow.plan.disk)"
+    ]
+    unknown = plan.disk_unknown()
+    if unknown:
+        why = sorted({j.disk.unknown for j in unknown if j.disk is not None})
+        lines.append(f"disk of {len(unknown)} job(s) unknown, not counted: " + "; ".join(why))
+    warning = plan.disk_warning()
+    if warning:
+        lines.append(warning)
+    elif plan.disk_quota_gb is not None:
+        lines.append(f"disk within the quota of {plan.disk_quota_gb:g} GB")
+    return lines
+
+
+def _gb(n_bytes: int | None) -> str:
+    return "" if n_bytes is None else f"{n_bytes / GB:.6f}"
 
 
 def csv_rows(plan: Plan) -> list[dict[str, Any]]:
@@ -112,6 +147,7 @@ def csv_rows(plan: Plan) -> list[dict[str, Any]]:
                 "batch": j.batch,
                 "gpu_hours": f"{j.gpu_hours:.4f}",
                 "cost": money(j.gpu_hours),
+                "disk_gb": _gb(j.disk_bytes),
                 "jobs_to_run": int(j.counted),
                 "jobs_done": int(not j.counted),
                 "reason": j.reason,
@@ -129,6 +165,7 @@ def csv_rows(plan: Plan) -> list[dict[str, Any]]:
                 **keys,
                 "gpu_hours": f"{t.gpu_hours:.4f}",
                 "cost": money(t.gpu_hours),
+                "disk_gb": _gb(t.disk_bytes),
                 "jobs_to_run": t.jobs_to_run,
                 "jobs_done": t.jobs_done,
             }

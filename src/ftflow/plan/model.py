@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ftflow import paths
 from ftflow.config.resolve import derive_batch, named_stage_method
+from ftflow.plan import disk as diskmod
 
 PLAN_CSV = paths.RESULTS / "plan" / "plan.csv"
 COST_KEY = "plan_cost_per_gpu_hour"
+QUOTA_KEY = "plan_disk_quota_gb"
 TRAINING_RULES = frozenset({"train"})  # resources from config["methods"][m]["resources"]
 SKIPPED_RULES = frozenset({"plan"})  # the plan never plans itself
 RUN_WILDCARDS = ("model", "method", "dataset", "seed")
@@ -34,6 +37,7 @@ CSV_COLUMNS = (
     "batch",
     "gpu_hours",
     "cost",
+    "disk_gb",
     "jobs_to_run",
     "jobs_done",
     "reason",
@@ -66,6 +70,7 @@ class PlannedJob:
     retry_runtime_min: int | None = None
     reason: str = ""
     batch: str = ""  # a training job's per-device × accumulation × processes = global
+    disk: diskmod.DiskEstimate | None = None  # a training or sanity job's checkpoints + final
 
     @property
     def run(self) -> str:
@@ -89,6 +94,11 @@ class PlannedJob:
         return self.status == "run"
 
     @property
+    def disk_bytes(self) -> int | None:
+        """The job's disk when known (done or not: a finished run holds its disk too)."""
+        return None if self.disk is None else self.disk.total
+
+    @property
     def gpu_hours(self) -> float:
         """Reserved GPU-hours of the first attempt; 0 for a done job."""
         if not self.counted or not self.runtime_min:
@@ -102,6 +112,7 @@ class Total:
     jobs_to_run: int
     jobs_done: int
     gpu_hours: float
+    disk_bytes: int = 0  # of the jobs whose disk is known
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,26 @@ class Plan:
     jobs: list[PlannedJob]
     cost_per_gpu_hour: float | None = None
     projections: list[Projection] = field(default_factory=list)
+    disk_quota_gb: float | None = None
+
+    @property
+    def disk_bytes(self) -> int:
+        """The estimated disk of every training and sanity job whose model size is known."""
+        return sum(j.disk_bytes or 0 for j in self.jobs)
+
+    def disk_unknown(self) -> list[PlannedJob]:
+        """Training and sanity jobs whose disk is unknown (their model is not prefetched)."""
+        return [j for j in self.jobs if j.disk is not None and j.disk.total is None]
+
+    def disk_warning(self) -> str | None:
+        """A sentence when the estimate exceeds ``plan_disk_quota_gb``; else None."""
+        if self.disk_quota_gb is None or self.disk_bytes <= self.disk_quota_gb * diskmod.GB:
+            return None
+        return (
+            f"WARNING: the runs' checkpoints and final models take an estimated "
+            f"{diskmod.human(self.disk_bytes)}, over the quota of {self.disk_quota_gb:g} GB "
+            f"({QUOTA_KEY}): lower methods.<m>.save_total_limit, save less often, or free space"
+        )
 
     @property
     def gpu_hours(self) -> float:
@@ -145,6 +176,7 @@ class Plan:
                 sum(j.counted for j in jobs),
                 sum(not j.counted for j in jobs),
                 sum(j.gpu_hours for j in jobs),
+                sum(j.disk_bytes or 0 for j in jobs),
             )
             for name, jobs in groups.items()
         ]
@@ -163,6 +195,7 @@ class Plan:
             sum(j.counted for j in self.jobs),
             sum(not j.counted for j in self.jobs),
             self.gpu_hours,
+            self.disk_bytes,
         )
 
 
@@ -213,10 +246,20 @@ def training_resources(
 
 
 def plan_jobs(
-    dag_jobs: Iterable[DagJob], config: Mapping[str, Any], cost: float | None = None
+    dag_jobs: Iterable[DagJob],
+    config: Mapping[str, Any],
+    cost: float | None = None,
+    *,
+    root: Path | None = None,
+    disk_quota_gb: float | None = None,
 ) -> Plan:
-    """Turn the DAG's jobs into a plan: resources, status and totals."""
+    """Turn the DAG's jobs into a plan: resources, status, disk and totals.
+
+    ``root`` is the workflow's working directory, where prefetched models are looked up
+    (default: the current directory).
+    """
     methods = config.get("methods") or {}
+    shapes: dict[str, diskmod.ModelShape | str] = {}
     planned = []
     for job in dag_jobs:
         if job.rule in SKIPPED_RULES:
@@ -234,6 +277,9 @@ def plan_jobs(
             b = derive_batch(method)
             batch = (f"{b.per_device_batch_size}×{b.gradient_accumulation_steps}×"
                      f"{b.processes}={b.global_batch_size}")  # fmt: skip
+        disk = None
+        if job.rule in (*TRAINING_RULES, "sanity") and method is not None:
+            disk = _disk(job, method, config, shapes, Path(root or "."))
         planned.append(
             PlannedJob(
                 rule=job.rule,
@@ -245,11 +291,34 @@ def plan_jobs(
                 retry_runtime_min=retry,
                 reason=job.reason if job.needrun else "",
                 batch=batch,
+                disk=disk,
             )
         )
     if cost is None:
         cost = config.get(COST_KEY)
-    return Plan(planned, None if cost is None else float(cost), _projections(planned))
+    if disk_quota_gb is None:
+        disk_quota_gb = config.get(QUOTA_KEY)
+    return Plan(
+        planned,
+        None if cost is None else float(cost),
+        _projections(planned),
+        None if disk_quota_gb is None else float(disk_quota_gb),
+    )
+
+
+def _disk(job: DagJob, method, config, shapes: dict, root: Path) -> diskmod.DiskEstimate:
+    """A training (or sanity) job's disk; unknown, saying why, when its model's size is."""
+    name = job.wildcards["model"]
+    model = (config.get("models") or {}).get(name) or {}
+    if name not in shapes:
+        try:
+            shapes[name] = diskmod.model_shape(name, model, root)
+        except Exception as error:  # a config transformers cannot build: say so, plan on
+            shapes[name] = f"model {name}: its size could not be read ({error})"
+    shape = shapes[name]
+    if isinstance(shape, str):
+        return diskmod.DiskEstimate(unknown=shape)
+    return diskmod.estimate(method, model, shape, exports=job.rule in TRAINING_RULES)
 
 
 def _projections(jobs: list[PlannedJob]) -> list[Projection]:

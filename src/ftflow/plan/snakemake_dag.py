@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,44 @@ def dag_jobs(
     ``--configfile`` / ``--replace-workflow-config`` mean on the command line.
     """
 
+    with built_dag(snakefile, workdir, configfiles, config, replace_config, targets) as built:
+        workflow, dag, jobs = built
+        found = [
+            DagJob(
+                rule=job.rule.name,
+                wildcards={k: str(v) for k, v in job.wildcards_dict.items()},
+                needrun=bool(dag.needrun(job)),
+                resources={k: v for k, v in job.resources.items() if not k.startswith("_")},
+                reason="; ".join(dag.reason(job).get_names()) if dag.needrun(job) else "",
+            )
+            for job in jobs
+        ]
+        return found, dict(workflow.config)
+
+
+@contextmanager
+def built_dag(
+    snakefile: Path | None = None,
+    workdir: Path | None = None,
+    configfiles: Sequence[Path] = (),
+    config: Mapping[str, Any] | None = None,
+    replace_config: bool = False,
+    targets: Sequence[str] = (),
+    resource_settings=None,
+):
+    """The live Snakemake ``(workflow, dag, jobs)`` of :func:`dag_jobs`, for callers that
+    need Snakemake's own job objects (the preflight hands them to the SLURM executor
+    plugin). ``resource_settings`` (Snakemake's ``ResourceSettings``) replaces the plan's
+    one core, e.g. by the default resources of a profile. Any error while building or
+    using the DAG is a :class:`PlanError`."""
     snakefile = Path(snakefile) if snakefile else _default_snakefile(workdir)
     before = os.environ.get("FTFLOW_PLANNING")
     os.environ["FTFLOW_PLANNING"] = "1"  # the config's missing files only warn
     try:
-        return _build(snakefile, workdir, configfiles, config, replace_config, targets)
+        with _build(
+            snakefile, workdir, configfiles, config, replace_config, targets, resource_settings
+        ) as built:
+            yield built
     finally:
         if before is None:
             os.environ.pop("FTFLOW_PLANNING", None)
@@ -57,7 +91,8 @@ def dag_jobs(
             os.environ["FTFLOW_PLANNING"] = before
 
 
-def _build(snakefile, workdir, configfiles, config, replace_config, targets):
+@contextmanager
+def _build(snakefile, workdir, configfiles, config, replace_config, targets, resource_settings):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import (
@@ -71,7 +106,7 @@ def _build(snakefile, workdir, configfiles, config, replace_config, targets):
     try:
         with SnakemakeApi(output) as api:
             workflow_api = api.workflow(
-                resource_settings=ResourceSettings(cores=1, nodes=1),
+                resource_settings=resource_settings or ResourceSettings(cores=1, nodes=1),
                 config_settings=ConfigSettings(
                     config=dict(config or {}),
                     configfiles=[Path(p).absolute() for p in configfiles],
@@ -91,17 +126,7 @@ def _build(snakefile, workdir, configfiles, config, replace_config, targets):
                 (job for job in dag.jobs if not job.is_norun),
                 key=lambda job: (order.get(job.rule.name, len(order)), _sort_key(job)),
             )
-            found = [
-                DagJob(
-                    rule=job.rule.name,
-                    wildcards={k: str(v) for k, v in job.wildcards_dict.items()},
-                    needrun=bool(dag.needrun(job)),
-                    resources={k: v for k, v in job.resources.items() if not k.startswith("_")},
-                    reason="; ".join(dag.reason(job).get_names()) if dag.needrun(job) else "",
-                )
-                for job in jobs
-            ]
-            return found, dict(workflow.config)
+            yield workflow, dag, jobs
     except PlanError:
         raise
     except Exception as error:  # snakemake's own errors: invalid config, missing input …

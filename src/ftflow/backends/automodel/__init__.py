@@ -4,7 +4,7 @@ Supports ``sft`` and ``lora`` methods; one process, DDP and FSDP2 (``distributed
 also on CPUs, where it really shards over gloo), launched like TRL (``torchrun``, one
 launcher per node through ``srun``). What it cannot honour is refused at config time,
 naming the key: DPO, DeepSpeed, 8-bit optimizers, fractional epochs or a warmup ratio
-without ``max_steps``, activation checkpointing outside FSDP2.
+without ``max_steps``, activation checkpointing outside FSDP2, packing, Liger kernels.
 
 Everything Automodel is told is in one per-run YAML, rendered from ``run.yaml`` into
 ``results/<run>/launch/automodel.yaml`` (the ``render_launch_file`` rule; a declared input
@@ -14,7 +14,8 @@ same records, tokens and labels.
 
 Checkpoints are Automodel's ``checkpoints/epoch_{E}_step_{S}/`` (``S`` counted from 0, so
 the folder holds the state after ``S + 1`` steps), complete once ftflow has marked them
-after Automodel published them. Metrics come from its ``checkpoints/training.jsonl``.
+after Automodel published them; ftflow then keeps the newest ``save_total_limit`` complete
+ones (:func:`ftflow.checkpoints.retain`). Metrics come from its ``checkpoints/training.jsonl``.
 ``final/`` is the last checkpoint's consolidated Hugging Face model (full SFT) or its PEFT
 adapter (LoRA). On a machine without CUDA, :mod:`~ftflow.backends.automodel.cpu_shim`
 makes the few CUDA-only calls safe; on a GPU nothing is patched.
@@ -29,8 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ftflow import interrupt, paths
 from ftflow import launch as launchlib
-from ftflow import paths
 from ftflow.backends import COMPLETE_MARKER, Checkpoint, Launch
 from ftflow.files import iter_jsonl_lines, read_jsonl
 from ftflow.paths import Run, RunPaths
@@ -110,6 +111,22 @@ class AutomodelBackend:
                 "Automodel warms up for a number of steps, which "
                 f"ftflow derives from max_steps; set {where}.max_steps too",
             )
+        if method.get("packing", "none") != "none":
+            _refuse(
+                where,
+                "packing",
+                f"{method['packing']} is not available with the automodel backend: it trains "
+                "Hugging Face's model code (force_hf), whose pure-torch Mamba path carries its "
+                "state across packed records, and ftflow does not map Automodel's own packed "
+                "sequences (allowed: none)",
+            )
+        if method.get("liger_kernel"):
+            _refuse(
+                where,
+                "liger_kernel",
+                "Liger's kernels are applied by TRL's trainers; the automodel backend does not "
+                "apply them (allowed: false)",
+            )
         if method["gradient_checkpointing"] and method["distributed"] != "fsdp":
             _refuse(
                 where,
@@ -143,7 +160,10 @@ class AutomodelBackend:
 
     def render(self, spec: RunSpec) -> dict[str, Any]:
         """The Automodel recipe YAML of ``spec`` (as ``launch_files``)."""
-        return {"launch_files": {LAUNCH_FILE: automodel_config(spec)}}
+        return {
+            "launch_files": {LAUNCH_FILE: automodel_config(spec)},
+            "retention": {"save_total_limit": spec.method.save_total_limit},
+        }
 
     # ------------------------------------------------------------------------ train
 
@@ -152,7 +172,11 @@ class AutomodelBackend:
 
         if _is_main():
             _keep_metrics_until(spec.paths.checkpoints / TRAINING_LOG, resume.step if resume else 0)
-        return run(spec.paths.launch_file(LAUNCH_FILE), resume.path if resume else None)
+        return run(
+            spec.paths.launch_file(LAUNCH_FILE),
+            resume.path if resume else None,
+            keep=spec.method.save_total_limit,
+        )
 
     def export(self, trained, spec: RunSpec, dest: Path) -> None:
         """The last checkpoint's consolidated model, or its adapter, into ``dest``."""
@@ -250,6 +274,8 @@ def automodel_config(spec: RunSpec) -> dict[str, Any]:
         "num_epochs": int(method.epochs),
         "ckpt_every_steps": method.save_steps,
         "val_every_steps": None,
+        # SLURM's warning before the time limit, and preemption (ftflow.interrupt).
+        "preemption_signal": [sig.name for sig in interrupt.SIGNALS],
     }
     if method.max_steps:
         steps["max_steps"] = method.max_steps
@@ -291,7 +317,10 @@ def automodel_config(spec: RunSpec) -> dict[str, Any]:
             "checkpoint_dir": str(spec.paths.checkpoints),
             "model_save_format": "safetensors",
             "save_consolidated": "final" if method.kind == "sft" else False,
-            "max_recent_checkpoints": method.save_total_limit,
+            # ftflow keeps the newest save_total_limit complete checkpoints itself, after
+            # marking one (recipe.py → checkpoints.retain): Automodel prunes before ftflow
+            # marks, so with a limit of 1 a kill in between would leave none to resume.
+            "max_recent_checkpoints": None,
         },
     }
     if method.optimizer != "sgd":

@@ -5,10 +5,14 @@ FSDP2 under ``torchrun``. The DeepSpeed / FSDP settings are derived from the run
 (:mod:`~ftflow.backends.trl.distributed`) and rendered into the run's ``launch/`` folder,
 a declared input of the ``train`` rule; the Trainer reads that file. Assumes the dataset
 was prepared by :mod:`ftflow.prepare` for the run's model (DPO data arrives tokenised). Raises
-:class:`ftflow.config.ConfigError` at config time for what it cannot honour.
+:class:`ftflow.config.ConfigError` at config time for what it cannot honour. ``packing``
+(:func:`packing_args`) and ``liger_kernel`` (:data:`LIGER_KERNELS`) map to TRL's settings;
+what this machine or model cannot run is refused at job start
+(:func:`~ftflow.backends.trl.trainer.require_kernels`), never dropped.
 
 Checkpoints are the Trainer's ``checkpoints/checkpoint-N``; one is complete once
-:class:`~ftflow.backends.trl.callbacks.CompleteMarker` has marked it after the save.
+:class:`~ftflow.backends.trl.callbacks.CompleteMarker` has marked it after the save, and
+then keeps the newest ``save_total_limit`` complete ones (:func:`ftflow.checkpoints.retain`).
 Metrics are written live as contract rows (:class:`~.callbacks.MetricsCallback`).
 """
 
@@ -19,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ftflow import interrupt, paths
 from ftflow import launch as launchlib
-from ftflow import paths
 from ftflow.backends import COMPLETE_MARKER, Checkpoint, Launch
 from ftflow.backends.trl import distributed as dist
 from ftflow.checkpoints import METRICS_PARTIAL
@@ -31,6 +35,33 @@ from ftflow.spec import RunSpec
 #: DeepSpeed JIT-compiles a C++ op at its first distributed start (30-60 s); the cache
 #: lives with the workflow's resources, so later jobs load it instead of compiling again.
 TORCH_EXTENSIONS_DIR = paths.RESOURCES / "cache" / "torch_extensions"
+
+
+#: What ``liger_kernel: true`` applies. The loss stays TRL's own chunked fused LM head
+#: (its trainers refuse Liger's fused linear cross-entropy, which replaces the forward).
+LIGER_KERNELS = {
+    "rope": True,
+    "rms_norm": True,
+    "swiglu": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}
+
+
+def packing_args(packing: str) -> dict[str, Any]:
+    """The SFTConfig settings of a method's ``packing``.
+
+    ``padding_free`` concatenates each micro-batch's records into one row (TRL's collator,
+    position ids restarting per record); ``max_length`` is lifted because TRL enforces it
+    only by packing, and ``prepare_dataset`` has already truncated every record to the
+    dataset's ``max_length``. ``bfd`` packs records into rows of ``max_length`` tokens
+    (padding-free too). Without pad tokens every token counts towards tokens/s.
+    """
+    if packing == "padding_free":
+        return {"padding_free": True, "max_length": None, "include_num_input_tokens_seen": "all"}
+    if packing == "bfd":
+        return {"packing": True, "packing_strategy": "bfd", "include_num_input_tokens_seen": "all"}
+    return {}
 
 
 class TrlBackend:
@@ -49,6 +80,18 @@ class TrlBackend:
                 f"config key {where}.distributed: fsdp needs GPUs (set "
                 f"{where}.resources.gpus_per_node); on a CPU the Trainer silently runs FSDP "
                 "as plain DDP (allowed on a CPU: none, ddp, deepspeed_zero3)"
+            )
+        if method.get("packing", "none") != "none" and method["kind"] == "dpo":
+            raise ConfigError(
+                f"config key {where}.packing: {method['packing']} packs SFT records; TRL's "
+                "DPOTrainer turns padding-free off itself (TRL 1.16) and does not pack "
+                "preference pairs (allowed for a dpo method: none)"
+            )
+        if method.get("liger_kernel") and not res.get("gpus_per_node"):
+            raise ConfigError(
+                f"config key {where}.liger_kernel: Liger's kernels are Triton kernels for CUDA "
+                f"GPUs, and this method runs on CPUs (set {where}.resources.gpus_per_node, or "
+                "allowed on a CPU: false)"
             )
         for key, value in (method.get("deepspeed") or {}).items():
             if value != "none" and not res.get("gpus_per_node"):
@@ -109,7 +152,11 @@ class TrlBackend:
             "logging_nan_inf_filter": False,  # report NaN/Inf as it is, so we can stop on it
             "save_strategy": "steps",
             "save_steps": method.save_steps,
-            "save_total_limit": method.save_total_limit,
+            # ftflow keeps the newest save_total_limit complete checkpoints itself
+            # (CompleteMarker → checkpoints.retain): the Trainer's own rotation runs before
+            # the new checkpoint is marked, so with a limit of 1 it deletes the only
+            # complete checkpoint a killed job could resume from.
+            "save_total_limit": None,
             # TRL defaults bf16 to True even on a CPU; precision follows the model config.
             "bf16": model.dtype == "bfloat16",
             "fp16": model.dtype == "float16",
@@ -122,6 +169,10 @@ class TrlBackend:
         }
         if method.lr_scheduler == "cosine_with_min_lr":
             args["lr_scheduler_kwargs"] = {"min_lr_rate": method.min_lr_rate}
+        args.update(packing_args(method.packing))
+        if method.liger_kernel:
+            args["use_liger_kernel"] = True
+            args["liger_kernel_config"] = dict(LIGER_KERNELS)
         launch_files = dist.render(spec)
         if method.distributed == "deepspeed_zero3":
             args["deepspeed"] = str(spec.paths.launch_file(dist.FILES["deepspeed_zero3"]))
@@ -133,6 +184,7 @@ class TrlBackend:
         rendered: dict[str, Any] = {
             "trainer": args,
             "launch_files": launch_files,
+            "retention": {"save_total_limit": method.save_total_limit},
             "model": {
                 "path": str(paths.final_dir(*_fields(spec.parent)))
                 if spec.parent
@@ -152,17 +204,28 @@ class TrlBackend:
                 "task_type": "CAUSAL_LM",
             }
         if method.kind == "dpo":
-            rendered["dpo"] = {"beta": method.beta, "loss_type": [method.loss_type]}
+            rendered["dpo"] = {
+                "beta": method.beta,
+                "loss_type": [method.loss_type],
+                "precompute_ref_log_probs": method.precompute_ref_log_probs,
+            }
         return rendered
 
     # ------------------------------------------------------------------------ train
 
     def train(self, spec: RunSpec, resume: Checkpoint | None):
+        from ftflow.backends.trl.callbacks import StopOnSignal
         from ftflow.backends.trl.trainer import build_trainer
 
         trainer = build_trainer(spec, self.render(spec), spec.paths.checkpoints / METRICS_PARTIAL)
         print(f"[ftflow] trainer: {sharding(trainer)}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        stop = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnSignal))
+        if stop.stopped_at is not None:
+            raise interrupt.Interrupted(
+                f"stopped by {interrupt.requested()} after step {stop.stopped_at}: "
+                f"checkpoint-{stop.stopped_at} is complete; the retry resumes from it"
+            )
         return trainer
 
     def export(self, trained, spec: RunSpec, dest: Path) -> None:

@@ -1,4 +1,5 @@
-"""TRL/Trainer callbacks: the contract's metric rows, live, and the complete marker."""
+"""TRL/Trainer callbacks: the contract's metric rows, live, the complete marker, and the
+stops (a sanity stage's time budget, a signal: :mod:`ftflow.interrupt`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ftflow import interrupt, tracking
 from ftflow.backends import COMPLETE_MARKER, DPO_KEYS, metric_keys
+from ftflow.checkpoints import retain
 from ftflow.lifecycle import NonFiniteLossError
 
 
@@ -54,16 +57,48 @@ class MetricsCallback(TrainerCallback):
         if state.is_world_process_zero:
             with open(self.partial, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+            tracking.log(row)  # TensorBoard / W&B, live
 
 
 class CompleteMarker(TrainerCallback):
-    """Mark a checkpoint complete once the trainer has saved all of it."""
+    """Mark a checkpoint complete once the trainer has saved all of it, record how long
+    the save took (the signal lead is derived from it: :mod:`ftflow.interrupt`), then keep
+    the newest ``keep`` complete checkpoints (:func:`ftflow.checkpoints.retain`).
+
+    Registered last, so that its ``on_step_end`` sees every decision to save this step.
+    """
+
+    def __init__(self, folder: Path, keep: int, backend):
+        self.timer = interrupt.SaveTimer(folder)
+        self.keep = keep
+        self.backend = backend
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self.timer.start()
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 (checkpoint / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
+                self.timer.stop()
+            retain(Path(args.output_dir), self.keep, self.backend)
+
+
+class StopOnSignal(TrainerCallback):
+    """After a USR1 (SLURM's warning) or a TERM (preemption), every process ends the current
+    step with a checkpoint and training stops; :attr:`stopped_at` tells the backend that
+    the run was interrupted, not finished (:class:`ftflow.interrupt.Interrupted`)."""
+
+    stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if interrupt.any_process(interrupt.requested() is not None, args.device):
+            if state.global_step < state.max_steps:  # the last step ends the run anyway
+                self.stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
 
 
 class TimeBudget(TrainerCallback):
@@ -78,14 +113,6 @@ class TimeBudget(TrainerCallback):
         self.started = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        import torch
-        import torch.distributed as dist
-
-        over = time.monotonic() - self.started > self.seconds
-        if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([float(over)], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            over = bool(flag.item())
-        if over:
+        if interrupt.any_process(time.monotonic() - self.started > self.seconds, args.device):
             control.should_training_stop = True
             control.should_save = True  # the stage ends on a complete checkpoint
