@@ -277,3 +277,16 @@ def test_two_processes_compute_one_entry_equal_to_one_process(work: Path, first:
     both = _values(entry)
     for column in ref_logps.COLUMNS:
         assert torch.allclose(both[column], single[column], rtol=LOGP_RTOL, atol=LOGP_ATOL)
+
+
+def test_precompute_is_a_dpo_key_on_by_default():
+    from ftflow import config as ftconfig
+
+    config = ftconfig.validate(load_default_config())
+    assert config["methods"]["dpo"]["precompute_ref_log_probs"] is True
+    assert "precompute_ref_log_probs" not in config["methods"]["sft"]
+    wrong = load_default_config()
+    wrong["methods"]["sft"]["precompute_ref_log_probs"] = True
+    with pytest.raises(ftconfig.ConfigError) as info:
+        ftconfig.validate(wrong)
+    assert "methods.sft.precompute_ref_log_probs: only a dpo method takes" in str(info.value)

@@ -216,9 +216,11 @@ def test_time_limit_signal_checkpoint_retry_resume(slurm, tmp_path):
         states = [r["State"].split()[0] for r in rows]
         assert len(rows) == 2 and states == ["FAILED", "COMPLETED"], rows
         assert rows[0]["Timelimit"] == "00:02:00" and rows[-1]["Timelimit"] == "00:10:00"
+        # The retry's log (Snakemake empties it per attempt) says why the first stopped.
         log = (work / paths.train_log("tiny", "sft", "secure_code", 3)).read_text()
-        assert "[ftflow] SIGUSR1: checkpoint after this step, then stop" in log
-        at = int(re.search(r"stopped by SIGUSR1 after step (\d+)", log).group(1))
+        found = re.search(r"the previous attempt stopped by SIGUSR1 after step (\d+)", log)
+        assert found, log[:3000]
+        at = int(found.group(1))
         assert 0 < at < steps and _resumed_step(work) == at
         # What a kill at the limit would have lost (the steps after the last periodic
         # checkpoint), against none: the signal's checkpoint is the step it came at.

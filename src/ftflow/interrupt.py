@@ -116,6 +116,27 @@ def any_process(flag: bool, device=None) -> bool:
     return bool(value.item())
 
 
+#: Why the previous attempt stopped, for the retry's log (Snakemake empties a job's log
+#: before each attempt).
+STOPPED = "stopped.txt"
+
+
+def record_stop(folder: Path, message: str) -> None:
+    (Path(folder) / STOPPED).write_text(message + "\n")
+
+
+def previous_stop(folder: Path, remove: bool) -> str | None:
+    """What :func:`record_stop` wrote in ``folder``, if anything (then forgotten)."""
+    path = Path(folder) / STOPPED
+    try:
+        message = path.read_text().strip()
+    except OSError:
+        return None
+    if remove:
+        path.unlink(missing_ok=True)
+    return message
+
+
 # ----------------------------------------------------------------- save time and lead
 
 

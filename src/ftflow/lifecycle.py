@@ -27,7 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ftflow import backends, checkpoints, files, tracking
+from ftflow import backends, checkpoints, files, interrupt, tracking
 from ftflow.backends import Backend, Checkpoint
 from ftflow.spec import RunSpec
 
@@ -68,6 +68,9 @@ def begin(spec: RunSpec, backend: Backend) -> Checkpoint | None:
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
         f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', 'none')}"
     )
+    previous = interrupt.previous_stop(folder, remove=this_rank == 0)
+    if previous:
+        _say(f"the previous attempt {previous}")
     listed = backend.checkpoints(folder)
     complete = [c for c in listed if c.complete]
     partial = folder / checkpoints.METRICS_PARTIAL
@@ -162,7 +165,12 @@ def run(spec: RunSpec) -> Path:
     set_seed(spec.run.seed)
     main = rank()[0] == 0
     with tracking.open_tracker(spec, resume.step if resume else 0, main) as tracker:
-        trained = backend.train(spec, resume)
+        try:
+            trained = backend.train(spec, resume)
+        except interrupt.Interrupted as stopped:
+            if main:  # the retry's log tells (Snakemake empties a job's log per attempt)
+                interrupt.record_stop(spec.paths.checkpoints, str(stopped))
+            raise
         done = finish(spec, backend, trained)
         if main:  # the rows no backend logged live (all of them, for some backends)
             tracker.log_rows(files.read_jsonl(spec.paths.metrics))

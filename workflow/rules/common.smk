@@ -25,6 +25,12 @@ os.environ.update(checkout.job_env())
 # (ftflow.interrupt): this Snakemake, and the job's shell it starts, ignore it.
 interrupt.ignore_in_snakemake()
 
+# A training job that stopped (e.g. on SLURM's warning signal, with a checkpoint) is
+# retried by the Snakemake that submitted it, with a new time limit. A rule's `retries`
+# also apply inside the SLURM job, where Snakemake would rerun the job in the seconds
+# left before the limit: there they are none.
+TRAIN_RETRIES = 2 if workflow.is_main_process else 0
+
 # Friendly errors first (key path + allowed values), then snakemake's own pass.
 try:
     ftconfig.validate(config)

@@ -49,7 +49,7 @@ rule sanity:
         paths.log("sanity", paths.RUN, "{stage}"),
     benchmark:
         paths.benchmark("sanity", paths.RUN, "{stage}")
-    retries: 2
+    retries: TRAIN_RETRIES
     conda:
         get_conda_env
     threads: get_stage_resource("cpus_per_task")

@@ -35,8 +35,10 @@ rule render_launch_file:
         "> {log} 2>&1"
 
 
-# A job killed by its time limit fails; `retries` resubmits it (with the method's
-# `retry_runtime`), and the trainer resumes from its newest complete checkpoint.
+# A job stopped by SLURM's warning signal (with a checkpoint: ftflow.interrupt) or killed
+# by its time limit fails; `retries` resubmits it (with the method's `retry_runtime`),
+# and the trainer resumes from its newest complete checkpoint. The signal's lead is the
+# `slurm_extra` resource (`sbatch --signal=USR1@<lead>`).
 rule train:
     input:
         run_config=rules.configure_run.output.run_config,
@@ -53,7 +55,7 @@ rule train:
         paths.log("train", paths.RUN),
     benchmark:
         paths.benchmark("train", paths.RUN)
-    retries: 2
+    retries: TRAIN_RETRIES
     conda:
         get_conda_env
     threads: get_train_threads
