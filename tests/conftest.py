@@ -119,9 +119,14 @@ LONGEST_FIRST = (
     "test_preflight.py",
     "test_distributed.py",
     "test_stages.py",
+    "test_tracking.py",
     "test_kernels.py",
+    "test_ref_cache.py",
     "test_train.py",
+    "test_packing.py",
     "test_automodel.py",
+    "test_interrupt.py",
+    "test_checkpoints.py",
     "test_workflow.py",
 )
 
