@@ -714,10 +714,14 @@ StorageLoc=slurm_acct_db
 
     def _start_mariadb(self) -> None:
         datadir = self.workdir / "mysql"
+        # A temporary folder of its own: two clusters bootstrapping at once in /tmp (test
+        # workers) collide on the server's temporary table names.
+        tmpdir = self.workdir / "mysql-tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
         res = subprocess.run(
             [
                 _which_any(_MARIADB_INSTALL_DB), "--no-defaults",
-                f"--datadir={datadir}", "--user=root",
+                f"--datadir={datadir}", "--user=root", f"--tmpdir={tmpdir}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db", "--skip-name-resolve",
                 "--innodb-log-file-size=16M",  # default 96M: a lot for a tmp dir
@@ -741,7 +745,7 @@ StorageLoc=slurm_acct_db
             "mariadbd",
             [
                 _which_any(_MARIADB_SERVER), "--no-defaults",
-                f"--datadir={datadir}", "--user=root",
+                f"--datadir={datadir}", "--user=root", f"--tmpdir={tmpdir}",
                 f"--socket={self.mysql_socket}",
                 f"--port={self.ports['mysql']}", "--bind-address=127.0.0.1",
                 "--skip-name-resolve",

@@ -83,6 +83,27 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 @contextlib.contextmanager
+def exclusive(lock: str | Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``lock`` (created if missing), across
+    processes and jobs on a shared filesystem; print ``waiting`` first if another
+    holder makes this one wait."""
+    import fcntl
+
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[ftflow] {waiting} ({lock})", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling; it replaces ``dest`` only on success."""
     dest = Path(dest)

@@ -24,7 +24,6 @@ checked build or does not exist.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -37,7 +36,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 from ftflow import files
@@ -49,21 +47,6 @@ _ARCH_RE = re.compile(r"code=\[?(?:compute_\d+a?,)?sm_(\d+a?)")
 
 def _say(message: str) -> None:
     print(f"[ftflow] {message}", flush=True)
-
-
-@contextmanager
-def _locked(lock: Path):
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(f"waiting: another job is building this key ({lock})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_toolchain(build: Build) -> dict:
@@ -275,7 +258,8 @@ def build(build: Build, archive: Path, origin: Mapping, manifest: Path, max_jobs
     _check_toolchain(build)
     _check_source(build, archive, origin)
     folder = build.directory
-    with _locked(folder.parent / f".{folder.name}.lock"):
+    lock = folder.parent / f".{folder.name}.lock"
+    with files.exclusive(lock, "waiting: another job is building this key"):
         # A job killed mid-build (SIGKILL, a node failure) left its staging folder; under
         # this key's lock no other build can be using one.
         for stale in folder.parent.glob(f".{folder.name}.*.partial"):

@@ -35,14 +35,13 @@ start (``hash_module``, for a ``datasets`` cache of its own that ftflow does not
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,21 +131,9 @@ def cache_key(reference: Path, data_key: str, values: Mapping[str, Any]) -> tupl
 # ------------------------------------------------------------------------------- entry
 
 
-@contextlib.contextmanager
-def locked(key: str) -> Iterator[None]:
+def locked(key: str):
     """Hold the key's lock (a file beside its entry); say so when another job has it."""
-    lock = _root() / f".{key}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(f"waiting: another job is computing {key} ({lock})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return files.exclusive(_root() / f".{key}.lock", f"waiting: another job is computing {key}")
 
 
 def exists(key: str) -> bool:
