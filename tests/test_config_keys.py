@@ -40,7 +40,7 @@ ELSEWHERE = {
     "plan_cost_per_gpu_hour": "the plan's cost column: tests/test_plan.py",
     "plan_disk_quota_gb": "the plan's disk warning: tests/test_plan.py::"
     "test_the_disk_quota_warns_only_when_the_estimate_exceeds_it",
-    # Tracking acts inside the training job (run.yaml's tracking block) and in the login
+    # Tracking acts inside the training job (exported by the Snakefile) and in the login
     # node's sync_tracking, asked for by name: tests/test_tracking.py shows each.
     "tracking.tensorboard": "test_tensorboard_events_hold_the_metrics_rows",
     **dict.fromkeys(

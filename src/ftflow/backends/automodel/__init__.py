@@ -292,6 +292,10 @@ def automodel_config(spec: RunSpec) -> dict[str, Any]:
             # the Hugging Face implementation (Nemotron-H's pure-torch Mamba path when the
             # CUDA kernels are absent), not Automodel's own model classes
             "force_hf": True,
+            # Automodel patches Liger's Triton kernels into the model whenever liger-kernel
+            # is installed (and they fail without a GPU); `liger_kernel` is a method option
+            # this backend refuses, so they are never on behind the user's back.
+            "use_liger_kernel": False,
         },
         "distributed": distributed,
         "step_scheduler": steps,
