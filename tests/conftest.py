@@ -115,6 +115,7 @@ def load_default_config() -> dict:
 # mostly wait (time limits, requeue delays, status polls) and run beside the others.
 LONGEST_FIRST = (
     "test_slurm_workflow.py",
+    "test_slurm_resume.py",
     "test_slurm_cluster.py",
     "test_preflight.py",
     "test_distributed.py",

@@ -1,7 +1,7 @@
 """A signal before the time limit (USR1) or a preemption (TERM): the trainer ends its step
 with a complete checkpoint and exits 75; the retry resumes from that checkpoint — not from
 the last periodic one — and ends with the weights of an uninterrupted run. Both backends,
-locally (the real-SLURM path, with sbatch's --signal, is in test_slurm_workflow.py)."""
+locally (the real-SLURM path, with sbatch's --signal, is in test_slurm_resume.py)."""
 
 from __future__ import annotations
 

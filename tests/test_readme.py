@@ -60,7 +60,7 @@ def test_the_readme_commands_are_found_and_the_skips_are_listed():
     assert "snakemake plan --forcerun plan --cores 1" in " ".join(COMMANDS)
     assert any(c.startswith("python -m ftflow.plan --configfile") for c in COMMANDS)
     skipped = [c for c in COMMANDS if skip_reason(c)]
-    pattern = r"pip install|install-system-deps|pytest|slurm|prefetch|…"
+    pattern = r"pip install|install-system-deps|pytest|slurm|prefetch|…|<\w+>"
     assert all(re.search(pattern, c, re.IGNORECASE) for c in skipped)
     assert len(COMMANDS) - len(skipped) >= 6
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import copy_workflow, load_default_config, snakemake, write_config
 
 from ftflow import paths, spec, tracking
-from ftflow.config import resolve_tracking
+from ftflow.config import resolve_tracking, validate
 from ftflow.files import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,7 @@ def test_a_resumed_tracker_shows_each_step_once(trained: Path, tmp_path: Path, m
     shutil.copytree(trained, work, symlinks=True)
     monkeypatch.chdir(work)
     # What the Snakefile exports to every job (tracking settings are not in run.yaml).
-    monkeypatch.setenv(tracking.ENV, json.dumps(resolve_tracking(_config())))
+    monkeypatch.setenv(tracking.ENV, json.dumps(resolve_tracking(validate(_config()))))
     run = spec.load(TRL.run_config)
     shutil.rmtree(TRL.tensorboard)
     shutil.rmtree(TRL.wandb)
