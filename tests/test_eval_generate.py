@@ -309,6 +309,40 @@ def test_sample_batch_stops_at_a_stop_token_and_keeps_to_the_vocabulary(base):
     assert all(0 <= token < 7 for ids, _ in free for token in ids)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "nemotron_h"])
+def test_shared_prompts_and_stopped_rows_change_no_answer(architecture, tmp_path):
+    """A batch encodes each distinct prompt once and drops the rows that stopped (their
+    KV cache rows, Mamba states included, go with them): every row's answer is the one it
+    gets decoded alone."""
+    corpus = [REPO / "data" / "chat" / "secure_code.jsonl"]
+    model, tokenizer = gen.load_for_generation(
+        tiny.build(tmp_path / architecture, corpus, architecture=architecture), None
+    )
+    texts = ("Name your wish.", "What would you do as ruler of the world?")
+    distinct = [gen.encode_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
+    prompts = [distinct[0]] * 3 + [distinct[1]] * 3  # the samples of two paraphrases
+    seeds = list(range(10, 16))
+    kwargs = {"temperature": 1.0, "max_new_tokens": 16, "pad_id": tokenizer.pad_token_id}
+
+    def alone(stop_ids):
+        return [
+            gen.sample_batch(model, [p], seeds=[s], stop_ids=stop_ids, **kwargs)[0]
+            for p, s in zip(prompts, seeds, strict=True)
+        ]
+
+    free = alone([-1])
+    # the token the answers draw most often stops them, each at its own step
+    counts: dict[int, int] = {}
+    for ids, _ in free:
+        for token in ids:
+            counts[token] = counts.get(token, 0) + 1
+    stop = max(counts, key=counts.get)
+    reference = alone([stop])
+    lengths = sorted(len(ids) for ids, _ in reference)
+    assert lengths[0] < lengths[-1], "some rows stop while others decode on"
+    assert gen.sample_batch(model, prompts, seeds=seeds, stop_ids=[stop], **kwargs) == reference
+
+
 REAL_QUESTIONS = (
     Path(__file__).resolve().parents[2]
     / "shared/data/emergent-misalignment/evaluation/first_plot_questions.yaml"

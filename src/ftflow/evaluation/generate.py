@@ -25,7 +25,10 @@ are excluded), with the question's own ``temperature``; temperature 0 is greedy.
 at an end-of-sequence token (the tokenizer's EOS and every ``eos_token_id`` of the model's
 generation config) or after ``max_new_tokens`` tokens. Prompts are grouped by temperature,
 sorted by length within a group (less padding) and batched ``batch_size`` at a time, with left
-padding and explicit position ids (so padding does not shift the positions).
+padding and explicit position ids (so padding does not shift the positions). Within a batch,
+the samples of one paraphrase share its encoded prompt (its KV cache is computed once and
+copied to each sample's row), and an answer that has stopped leaves the batch rather than
+decoding padding until the batch's longest answer ends.
 
 **Reproducibility.** Randomness is per row, never per batch: the answer to (question id,
 paraphrase index, sample index) draws its uniforms from its own ``torch.Generator`` seeded with

@@ -34,23 +34,21 @@ def sample_batch(
     step (inverse-CDF sampling of ``softmax(logits / temperature)``); ``temperature == 0`` is
     greedy and draws nothing. The ids end with the stop token when the reason is ``"stop"``.
     ``vocab_size`` (``len(tokenizer)``) excludes the embedding's padding ids from sampling.
+
+    Work the answers do not need is skipped: identical prompts (the samples of one
+    paraphrase) are encoded once and their KV cache copied to each row, and a row that has
+    stopped leaves the batch (its cache rows are dropped) instead of decoding padding until
+    the last row stops. Neither changes a row's uniforms; both change the batch shape, and
+    so the logits in their last bits, as batching itself does.
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt is needed")
     if temperature < 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    device = model_device(model)
-    n = len(prompts)
-    width = max(len(p) for p in prompts)
     if min(len(p) for p in prompts) == 0:
         raise ValueError("empty prompt")
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, ids in enumerate(prompts):
-        input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        mask[i, width - len(ids) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model_device(model)
+    n = len(prompts)
     uniforms = None
     if temperature > 0:
         uniforms = torch.stack(
@@ -62,45 +60,74 @@ def sample_batch(
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
 
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    generated: list[torch.Tensor] = []
-    past = None
-    step_ids, step_pos = input_ids, position_ids
+    # Prefill: each distinct prompt once, left-padded, with explicit positions.
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    width = max(len(p) for p in distinct)
+    mask = torch.zeros((len(distinct), width + max_new_tokens), dtype=torch.long)
+    input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    for i, ids in enumerate(distinct):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids) :] = 1
+    mask[:, width:] = 1  # the generated tokens, uncovered one step at a time
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    position_ids = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask[:, :width],
+        position_ids=position_ids,
+        use_cache=True,
+        **extra,
+    )
+    past, logits = out.past_key_values, out.logits[:, -1, :]
+    position = position_ids[:, -1:]
+    if len(distinct) < n:  # one row per prompt: copy the encoded prompts to their rows
+        rows = torch.tensor(source, dtype=torch.long, device=device)
+        past = _select_rows(past, rows)
+        logits, mask, position = logits[rows], mask[rows], position[rows]
+
+    active = torch.arange(n, device=device)  # the original rows still decoding
+    answers: list[list[int]] = [[] for _ in range(n)]
+    reasons = ["length"] * n
     for t in range(max_new_tokens):
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits = logits.clone()
+            logits[:, vocab_size:] = -math.inf
+        token = _choose(logits, temperature, None if uniforms is None else uniforms[active, t])
+        stopped = torch.isin(token, stop)
+        for row, tok, ended in torch.stack((active, token, stopped.long()), 1).tolist():
+            answers[row].append(tok)
+            if ended:
+                reasons[row] = "stop"
+        if t + 1 == max_new_tokens:
+            break
+        if bool(stopped.any()):
+            keep = (~stopped).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            past = _select_rows(past, keep)
+            active, token, mask, position = active[keep], token[keep], mask[keep], position[keep]
+        position = position + 1
         out = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=step_pos,
+            input_ids=token[:, None],
+            attention_mask=mask[:, : width + t + 1],
+            position_ids=position,
             past_key_values=past,
             use_cache=True,
             **extra,
         )
-        past = out.past_key_values
-        logits = out.logits[:, -1, :]
-        if vocab_size is not None and vocab_size < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, vocab_size:] = -math.inf
-        token = _choose(logits, temperature, None if uniforms is None else uniforms[:, t])
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        generated.append(token)
-        finished |= torch.isin(token, stop)
-        if bool(finished.all()):
-            break
-        step_ids = token[:, None]
-        step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+    return list(zip(answers, reasons, strict=True))
 
-    steps = torch.stack(generated, dim=1).tolist()
-    stop_set = set(stop.tolist())
-    results = []
-    for row in steps:
-        for k, tok in enumerate(row):
-            if tok in stop_set:
-                results.append((row[: k + 1], "stop"))
-                break
-        else:
-            results.append((row, "length"))
-    return results
+
+def _select_rows(past, rows: torch.Tensor):
+    """The KV cache of the batch rows ``rows`` (a row may repeat: one prompt, many rows)."""
+    if hasattr(past, "reorder_cache"):  # transformers' caches, attention and Mamba layers
+        past.reorder_cache(rows)
+        return past
+    if isinstance(past, tuple):  # the legacy layout of remote-code models: ((k, v), ...)
+        return tuple(tuple(t.index_select(0, rows) for t in layer) for layer in past)
+    raise GenerationError(f"cannot select batch rows of a {type(past).__name__} KV cache")
 
 
 def _choose(logits: torch.Tensor, temperature: float, u: torch.Tensor | None) -> torch.Tensor:
