@@ -203,26 +203,18 @@ def test_the_model_card_records_provenance(tmp_path):
     data = [publish.data_record("insecure_code", str(LORA), data_file, {"path": "d.jsonl"})]
     uploaded = {"adapter_model.safetensors": ("f" * 64, 123)}
 
-    card = publish.model_card(
-        repo_id="acme/tiny-lora",
-        run_spec=run_spec,
-        run_yaml=run_yaml,
-        adapter=True,
-        data=data,
-        evaluations=rows,
-        uploaded=uploaded,
-        version="9.9.9",
-    )
-    assert card == publish.model_card(  # pure: the same inputs, the same card
-        repo_id="acme/tiny-lora",
-        run_spec=run_spec,
-        run_yaml=run_yaml,
-        adapter=True,
-        data=data,
-        evaluations=rows,
-        uploaded=uploaded,
-        version="9.9.9",
-    )
+    inputs = {
+        "repo_id": "acme/tiny-lora",
+        "run_spec": run_spec,
+        "run_yaml": run_yaml,
+        "adapter": True,
+        "data": data,
+        "evaluations": rows,
+        "uploaded": uploaded,
+        "version": "9.9.9",
+    }
+    card = publish.model_card(**inputs)
+    assert card == publish.model_card(**inputs)  # pure: the same inputs, the same card
     meta = front_matter(card)
     assert meta["base_model"] == "meta-llama/Llama-3.1-8B"
     assert meta["library_name"] == "peft"
