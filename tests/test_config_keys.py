@@ -31,8 +31,8 @@ SHIPPED = [
 
 # Keys whose effect no DAG shows, and the test that shows it.
 ELSEWHERE = {
-    "methods.*.resources.retry_runtime": "the retried job's time limit: "
-    "tests/test_slurm_resume.py::test_time_limit_signal_checkpoint_retry_resume (sacct reads it back)",
+    "methods.*.resources.retry_runtime": "the retried job's time limit: tests/"
+    "test_slurm_resume.py::test_time_limit_signal_checkpoint_retry_resume (sacct reads it back)",
     "evaluations.*.resources.retry_runtime": "evaluation jobs share the resources block; "
     "their retries use it as training's do",
     "methods.*.stages.[].resources.retry_runtime": "a sanity job's retry time limit "

@@ -13,6 +13,7 @@ from conftest import REPO, load_default_config, snakemake, write_config
 
 from ftflow import config as ftconfig
 from ftflow import plan
+from ftflow.plan import DagRequest
 
 # A grid to plan, never to run: 1 model × 2 methods × 2 datasets × 2 seeds.
 #   LoRA: 4 runs × (1 node × 4 GPUs) × 600 min = 4 × 4 × 10 h = 160 GPU-h
@@ -147,7 +148,7 @@ def grid_workdir(tmp_path_factory) -> Path:
 
 def test_grid_plan_matches_hand_computed_gpu_hours(grid_workdir: Path, capsys):
     out = grid_workdir / "results/plan/plan.csv"
-    result = plan.main(out, workdir=grid_workdir, cost_per_gpu_hour=COST)
+    result = plan.main(out, DagRequest(workdir=grid_workdir), cost_per_gpu_hour=COST)
 
     train = _jobs(result, "train")
     assert len(train) == 8 and all(j.status == "run" for j in train)
@@ -216,7 +217,7 @@ def test_cost_per_gpu_hour_from_the_config(grid_workdir: Path, tmp_path: Path):
     if plan.COST_KEY not in schema["properties"]:
         pytest.skip(f"the config schema has no {plan.COST_KEY} yet")
     config = {**GRID, plan.COST_KEY: COST}
-    result = plan.main(None, workdir=grid_workdir, config=config, replace_config=True)
+    result = plan.main(None, DagRequest(workdir=grid_workdir, config=config, replace_config=True))
     assert result.cost_per_gpu_hour == COST and result.cost == 1680.0
 
 
@@ -280,12 +281,12 @@ def test_completed_jobs_are_listed_as_done_and_not_counted(tmp_path: Path):
     config["grid"] = [block for block in config["grid"] if block["models"] == ["tiny"]]
     config["methods"]["lora"]["resources"] = {"gpus_per_node": 1, "runtime": 30}
     write_config(workdir, config)  # on a CPU, 1 GPU per node is one process on the CPU
-    before = plan.main(None, workdir=workdir, cost_per_gpu_hour=COST)
+    before = plan.main(None, DagRequest(workdir=workdir), cost_per_gpu_hour=COST)
     assert before.gpu_hours == 4 * 0.5  # 4 LoRA runs × 1 GPU × 0.5 h; SFT/DPO use no GPU
 
     done_run = "tiny/lora/secure_code/seed1"
     snakemake(workdir, "--cores", "2", f"results/{done_run}/final")
-    after = plan.main(workdir / plan.PLAN_CSV, workdir=workdir, cost_per_gpu_hour=COST)
+    after = plan.main(workdir / plan.PLAN_CSV, DagRequest(workdir=workdir), cost_per_gpu_hour=COST)
 
     status = {(j.rule, j.run): j.status for j in after.jobs}
     assert status[("train", done_run)] == "done"
@@ -375,7 +376,7 @@ def test_the_disk_quota_warns_only_when_the_estimate_exceeds_it(tmp_path: Path, 
 
     workdir = _copy(tmp_path / "ftflow")
     write_config(workdir, GRID)
-    before = plan.main(None, workdir=workdir)  # nothing prefetched: unknown, said so
+    before = plan.main(None, DagRequest(workdir=workdir))  # nothing prefetched: unknown, said so
     assert before.disk_bytes == 0 and len(before.disk_unknown()) == 8
     assert "disk unknown" in capsys.readouterr().out
 
@@ -399,7 +400,7 @@ def test_the_disk_quota_warns_only_when_the_estimate_exceeds_it(tmp_path: Path, 
     total = 4 * sft + 4 * lora  # 966 GB
     assert round(total / disk.GB) == 966
 
-    under = plan.main(workdir / plan.PLAN_CSV, workdir=workdir, disk_quota_gb=1000)
+    under = plan.main(workdir / plan.PLAN_CSV, DagRequest(workdir=workdir), disk_quota_gb=1000)
     assert under.disk_bytes == total and under.disk_warning() is None
     printed = capsys.readouterr().out
     assert "disk 966.0 GB" in printed and "within the quota of 1000 GB" in printed
@@ -414,7 +415,7 @@ def test_the_disk_quota_warns_only_when_the_estimate_exceeds_it(tmp_path: Path, 
     )
 
     config = {**GRID, plan.QUOTA_KEY: 900}  # the config key, as a user sets it
-    over = plan.main(None, workdir=workdir, config=config, replace_config=True)
+    over = plan.main(None, DagRequest(workdir=workdir, config=config, replace_config=True))
     assert over.disk_quota_gb == 900 and over.disk_warning() is not None
     printed = capsys.readouterr().out
     assert "WARNING: the runs' checkpoints and final models take an estimated 966.0 GB, over " \

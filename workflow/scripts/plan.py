@@ -12,7 +12,7 @@ from ftflow import plan
 
 
 def main(out: Path, snakefile: Path, config: dict) -> plan.Plan:
-    result = plan.main(out, snakefile=snakefile, config=config, replace_config=True)
+    result = plan.main(out, plan.DagRequest(snakefile, config=config, replace_config=True))
     print(plan.format_plan(result, max_jobs=None), file=sys.stderr, flush=True)
     return result
 

@@ -9,7 +9,7 @@ impossible jobs, when SLURM would refuse any of them.
 import sys
 from pathlib import Path
 
-from ftflow.plan import PlanError, preflight
+from ftflow.plan import DagRequest, PlanError, preflight
 
 
 class _Both:
@@ -31,9 +31,8 @@ def main(snakefile: Path, config: dict, settings: dict, log=None) -> int:
     out = _Both(sys.stdout, *([log] if log else []))
     err = _Both(sys.stderr, *([log] if log else []))
     try:
-        preflight.main(
-            settings, snakefile=snakefile, config=config, replace_config=True, stream=out
-        )
+        request = DagRequest(snakefile, config=config, replace_config=True)
+        preflight.main(settings, request, stream=out)
     except PlanError as error:
         print(f"[ftflow] preflight failed: {error}", file=err, flush=True)
         return 1

@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from ftflow.plan.format import csv_rows, format_plan, write_csv
 from ftflow.plan.model import (
@@ -61,7 +59,7 @@ from ftflow.plan.model import (
     plan_jobs,
     training_resources,
 )
-from ftflow.plan.snakemake_dag import dag_jobs
+from ftflow.plan.snakemake_dag import DagRequest, dag_jobs
 
 __all__ = [
     "COST_KEY",
@@ -79,6 +77,7 @@ __all__ = [
     "Total",
     "cli",
     "csv_rows",
+    "DagRequest",
     "dag_jobs",
     "declared_resources",
     "format_plan",
@@ -91,31 +90,22 @@ __all__ = [
 
 def main(
     out: Path | None = PLAN_CSV,
+    request: DagRequest | None = None,
     *,
-    snakefile: Path | None = None,
-    workdir: Path | None = None,
-    configfiles: Sequence[Path] = (),
-    config: Mapping[str, Any] | None = None,
-    replace_config: bool = False,
-    targets: Sequence[str] = (),
     cost_per_gpu_hour: float | None = None,
     disk_quota_gb: float | None = None,
     max_jobs: int | None = MAX_JOB_LINES,
     stream=None,
 ) -> Plan:
-    """Plan, print the table to ``stream`` (stdout) and write the CSV to ``out``.
+    """Plan the DAG of ``request``, print the table to ``stream`` (stdout) and write the CSV
+    to ``out`` (relative to the request's ``workdir``).
 
-    From the ``plan`` rule, pass the running workflow's ``config`` with
+    From the ``plan`` rule, request the running workflow's ``config`` with
     ``replace_config=True`` so the plan sees exactly the config the workflow runs with.
     """
-    jobs, final_config = dag_jobs(
-        snakefile=snakefile,
-        workdir=workdir,
-        configfiles=configfiles,
-        config=config,
-        replace_config=replace_config,
-        targets=targets,
-    )
+    request = request or DagRequest()
+    jobs, final_config = dag_jobs(request)
+    workdir = request.workdir
     plan = plan_jobs(
         jobs, final_config, cost_per_gpu_hour, root=workdir, disk_quota_gb=disk_quota_gb
     )
@@ -173,11 +163,13 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(
             None if args.no_csv else args.output,
-            snakefile=args.snakefile,
-            workdir=args.directory,
-            configfiles=args.configfiles,
-            replace_config=args.replace_workflow_config,
-            targets=args.targets,
+            DagRequest(
+                snakefile=args.snakefile,
+                workdir=args.directory,
+                configfiles=args.configfiles,
+                replace_config=args.replace_workflow_config,
+                targets=args.targets,
+            ),
             cost_per_gpu_hour=args.cost_per_gpu_hour,
             disk_quota_gb=args.disk_quota_gb,
             max_jobs=None if args.all_jobs else MAX_JOB_LINES,

@@ -44,14 +44,14 @@ import shlex
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ftflow import files, paths
 from ftflow.plan.model import PlanError, PlannedJob
-from ftflow.plan.snakemake_dag import built_dag
+from ftflow.plan.snakemake_dag import DagRequest, built_dag
 
 PREFLIGHT_JSON = paths.RESULTS / "plan" / "preflight.json"
 PREFLIGHT_TXT = paths.RESULTS / "plan" / "preflight.txt"
@@ -321,22 +321,11 @@ def _requests(workflow, dag, jobs, settings, workdir: Path, retries: int) -> lis
     return requests
 
 
-def plan_requests(
-    settings: Mapping[str, Any],
-    *,
-    snakefile: Path | None = None,
-    workdir: Path | None = None,
-    configfiles: Sequence[Path] = (),
-    config: Mapping[str, Any] | None = None,
-    replace_config: bool = False,
-    targets: Sequence[str] = (),
-) -> list[Request]:
-    """The ``sbatch --test-only`` request of every compute job the plan would submit."""
+def plan_requests(settings: Mapping[str, Any], request: DagRequest) -> list[Request]:
+    """The ``sbatch --test-only`` request of every compute job the plan of ``request`` would
+    submit."""
     slurm = executor_settings(settings)
-    with built_dag(
-        snakefile, workdir, configfiles, config, replace_config, targets,
-        resource_settings=resource_settings(settings),
-    ) as (workflow, dag, jobs):  # fmt: skip
+    with built_dag(request, resource_settings(settings)) as (workflow, dag, jobs):
         workdir = Path(workflow.workdir_init)
         return _requests(workflow, dag, jobs, slurm, workdir, settings.get("retries") or 0)
 
@@ -398,24 +387,11 @@ def write_report(result: Preflight, workdir: Path | None = None) -> tuple[Path, 
     return json_path, txt_path
 
 
-def main(
-    settings: Mapping[str, Any],
-    *,
-    snakefile: Path | None = None,
-    workdir: Path | None = None,
-    config: Mapping[str, Any] | None = None,
-    replace_config: bool = False,
-    targets: Sequence[str] = (),
-    stream=None,
-) -> Preflight:
+def main(settings: Mapping[str, Any], request: DagRequest, *, stream=None) -> Preflight:
     """Check every SLURM job of the plan, write and print the report; raise
     :class:`PreflightError` naming the impossible jobs when there are any."""
-    requests = plan_requests(
-        settings, snakefile=snakefile, workdir=workdir, config=config,
-        replace_config=replace_config, targets=targets,
-    )  # fmt: skip
-    result = check(requests)
-    json_path, _ = write_report(result, workdir)
+    result = check(plan_requests(settings, request))
+    json_path, _ = write_report(result, request.workdir)
     print(format_report(result) + f"\nwritten to {json_path}", file=stream or sys.stdout,
           flush=True)  # fmt: skip
     if not result.ok:

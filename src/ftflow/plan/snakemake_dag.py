@@ -5,10 +5,26 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftflow.plan.model import RUN_WILDCARDS, DagJob, PlanError
+
+
+@dataclass(frozen=True)
+class DagRequest:
+    """Which DAG to build, as ``snakemake -n`` would from these options: ``config`` /
+    ``configfiles`` / ``replace_config`` mean what ``--config`` / ``--configfile`` /
+    ``--replace-workflow-config`` mean on the command line; no ``targets``, the default
+    target; no ``snakefile``, the one of ``workdir`` (or of the working directory)."""
+
+    snakefile: Path | None = None
+    workdir: Path | None = None
+    configfiles: Sequence[Path] = ()
+    config: Mapping[str, Any] | None = None
+    replace_config: bool = False
+    targets: Sequence[str] = ()
 
 
 def _default_snakefile(workdir: Path | None = None) -> Path:
@@ -28,25 +44,17 @@ def _sort_key(job) -> tuple:
     )
 
 
-def dag_jobs(
-    snakefile: Path | None = None,
-    workdir: Path | None = None,
-    configfiles: Sequence[Path] = (),
-    config: Mapping[str, Any] | None = None,
-    replace_config: bool = False,
-    targets: Sequence[str] = (),
-) -> tuple[list[DagJob], dict]:
-    """Every job of the DAG for ``targets`` (default target if none), and the final config.
+def dag_jobs(request: DagRequest | None = None) -> tuple[list[DagJob], dict]:
+    """Every job of the DAG ``request`` names (default: the working directory's), and the
+    final config.
 
     Built in-process with the Snakemake API, the way ``snakemake -n`` builds it. The
     public API has no call that returns the jobs, so this uses the two steps every
     DAG-printing command of the API runs (``Workflow._prepare_dag`` / ``_build_dag``);
     ``tests/test_plan.py`` pins that this still works with the installed Snakemake.
-    ``config`` / ``configfiles`` / ``replace_config`` mean what ``--config`` /
-    ``--configfile`` / ``--replace-workflow-config`` mean on the command line.
     """
 
-    with built_dag(snakefile, workdir, configfiles, config, replace_config, targets) as built:
+    with built_dag(request or DagRequest()) as built:
         workflow, dag, jobs = built
         found = [
             DagJob(
@@ -62,27 +70,16 @@ def dag_jobs(
 
 
 @contextmanager
-def built_dag(
-    snakefile: Path | None = None,
-    workdir: Path | None = None,
-    configfiles: Sequence[Path] = (),
-    config: Mapping[str, Any] | None = None,
-    replace_config: bool = False,
-    targets: Sequence[str] = (),
-    resource_settings=None,
-):
+def built_dag(request: DagRequest, resource_settings=None):
     """The live Snakemake ``(workflow, dag, jobs)`` of :func:`dag_jobs`, for callers that
     need Snakemake's own job objects (the preflight hands them to the SLURM executor
     plugin). ``resource_settings`` (Snakemake's ``ResourceSettings``) replaces the plan's
     one core, e.g. by the default resources of a profile. Any error while building or
     using the DAG is a :class:`PlanError`."""
-    snakefile = Path(snakefile) if snakefile else _default_snakefile(workdir)
     before = os.environ.get("FTFLOW_PLANNING")
     os.environ["FTFLOW_PLANNING"] = "1"  # the config's missing files only warn
     try:
-        with _build(
-            snakefile, workdir, configfiles, config, replace_config, targets, resource_settings
-        ) as built:
+        with _build(request, resource_settings) as built:
             yield built
     finally:
         if before is None:
@@ -92,7 +89,7 @@ def built_dag(
 
 
 @contextmanager
-def _build(snakefile, workdir, configfiles, config, replace_config, targets, resource_settings):
+def _build(request: DagRequest, resource_settings):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import (
@@ -102,21 +99,23 @@ def _build(snakefile, workdir, configfiles, config, replace_config, targets, res
         ResourceSettings,
     )
 
+    snakefile = Path(request.snakefile or _default_snakefile(request.workdir))
+    workdir = request.workdir
     output = OutputSettings(quiet={Quietness.ALL}, enable_file_logging=False)
     try:
         with SnakemakeApi(output) as api:
             workflow_api = api.workflow(
                 resource_settings=resource_settings or ResourceSettings(cores=1, nodes=1),
                 config_settings=ConfigSettings(
-                    config=dict(config or {}),
-                    configfiles=[Path(p).absolute() for p in configfiles],
-                    replace_workflow_config=replace_config,
+                    config=dict(request.config or {}),
+                    configfiles=[Path(p).absolute() for p in request.configfiles],
+                    replace_workflow_config=request.replace_config,
                 ),
                 snakefile=snakefile.absolute(),
                 workdir=Path(workdir).absolute() if workdir else None,
             )
             # Incomplete outputs (a killed or running job) count as to be rerun.
-            workflow_api.dag(DAGSettings(targets=frozenset(targets), force_incomplete=True))
+            workflow_api.dag(DAGSettings(targets=frozenset(request.targets), force_incomplete=True))
             workflow = workflow_api._workflow
             workflow._prepare_dag(forceall=False, ignore_incomplete=False, lock_warn_only=True)
             workflow._build_dag()
