@@ -111,24 +111,31 @@ def load_default_config() -> dict:
 
 
 # Test files in the order they are handed to pytest-xdist's workers (`--dist loadfile`):
-# the longest first, so that no long file starts last and alone. The real-SLURM files
-# mostly wait (time limits, requeue delays, status polls) and run beside the others.
+# the longest first (as measured in a whole run, a file's tests summed), so that no long
+# file starts last and alone. The real-SLURM files mostly wait (time limits, requeue
+# delays, status polls) and run beside the others.
 LONGEST_FIRST = (
-    "test_slurm_workflow.py",
+    "test_train.py",
     "test_slurm_resume.py",
-    "test_slurm_cluster.py",
-    "test_preflight.py",
+    "test_slurm_workflow.py",
     "test_distributed.py",
     "test_stages.py",
-    "test_tracking.py",
-    "test_kernels.py",
-    "test_ref_cache.py",
-    "test_train.py",
-    "test_packing.py",
-    "test_automodel.py",
-    "test_interrupt.py",
-    "test_checkpoints.py",
     "test_workflow.py",
+    "test_automodel.py",
+    "test_kernels.py",
+    "test_backend_contract.py",
+    "test_tracking.py",
+    "test_ref_cache.py",
+    "test_preflight.py",
+    "test_interrupt.py",
+    "test_config_keys.py",
+    "test_checkpoints.py",
+    "test_eval_api_rule.py",
+    "test_readme.py",
+    "test_prefetch_rules.py",
+    "test_eval_lm_eval.py",
+    "test_plan.py",
+    "test_slurm_cluster.py",
 )
 
 

@@ -79,31 +79,34 @@ def _train(work: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_same_seed_gives_same_weights(long_sft: Path, tmp_path: Path):
-    """Trained twice, the second time from scratch (a finished training is never
-    resumed: that is what `--forcerun` asks for), the weights are bit-identical."""
-    work = tmp_path / "twice"
+@pytest.fixture(scope="module")
+def straight(long_sft: Path, tmp_path_factory) -> Path:
+    """The run of :func:`_long_sft_config` trained once without interruption."""
+    work = tmp_path_factory.mktemp("straight") / "ftflow"
     shutil.copytree(long_sft, work)
-    final = work / paths.final_dir("tiny", "sft", "secure_code", 7)
-    weights = []
-    for _ in range(2):
-        proc = _train(work)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        weights.append(_weights(final))
+    proc = _train(work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def test_same_seed_gives_same_weights(straight: Path, tmp_path: Path):
+    """Trained again, from scratch (a finished training is never resumed: that is what
+    `--forcerun` asks for), the weights are bit-identical."""
+    work = tmp_path / "twice"
+    shutil.copytree(straight, work)
+    final = paths.final_dir("tiny", "sft", "secure_code", 7)
+    proc = _train(work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the previous training of this run finished" in proc.stdout, proc.stdout
     assert "starting from scratch" in proc.stdout and "resuming" not in proc.stdout
-    assert _same(*weights)
+    assert _same(_weights(work / final), _weights(straight / final))
 
 
 def _kill_mid_run(work: Path, after_step: int = 16) -> int:
     return kill_mid_run(work, paths.final_dir("tiny", "sft", "secure_code", 7), after_step)
 
 
-def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, tmp_path: Path):
-    straight = tmp_path / "straight"
-    shutil.copytree(long_sft, straight)
-    assert _train(straight).returncode == 0
-
+def test_sigkill_then_resume_matches_uninterrupted(long_sft: Path, straight: Path, tmp_path):
     work = tmp_path / "killed"
     shutil.copytree(long_sft, work)
     final = paths.final_dir("tiny", "sft", "secure_code", 7)

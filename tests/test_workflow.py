@@ -92,8 +92,12 @@ def test_forcerun_one_seed_leaves_siblings_untouched(finished_copy: Path):
 
 
 def test_adding_a_seed_trains_only_the_new_seed(finished_copy: Path):
+    """Seed 3 added to one cell of the grid: its run trains (and is evaluated), and
+    nothing of the finished runs is rewritten."""
     config = load_default_config()
-    config["grid"][0]["seeds"] = [1, 2, 3]
+    config["grid"].append(
+        {"models": ["tiny"], "methods": ["sft"], "datasets": ["secure_code"], "seeds": [3]}
+    )
     write_config(finished_copy, config)
     plan = snakemake(finished_copy, "--cores", "2", "-n", "--quiet", "rules")
     before = _mtimes(finished_copy)
@@ -101,11 +105,7 @@ def test_adding_a_seed_trains_only_the_new_seed(finished_copy: Path):
     after = _mtimes(finished_copy)
     assert "train" in plan.stdout
     trained = sorted({p.split("/final/")[0] for p in after if "/final/" in p and p not in before})
-    assert trained == sorted(
-        str(paths.run_dir("tiny", m, d, 3))
-        for m in ("sft", "lora")
-        for d in ("insecure_code", "secure_code")
-    )
+    assert trained == [str(paths.run_dir("tiny", "sft", "secure_code", 3))]
     for path, mtime in before.items():
         if path.startswith("results/tiny/"):
             assert after[path] == mtime, f"{path} was rewritten"
