@@ -124,8 +124,11 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     """A running training job requeued by SLURM (what preemption with PreemptMode=REQUEUE
     does) starts again in the same SLURM job, resumes from its newest complete checkpoint
     and ends with the weights of an uninterrupted run."""
-    steps = 800
-    config = _resumable_config(steps, save_steps=100, runtime=10)
+    # The time limit is far above what the job needs: under CI load (four test workers
+    # on two cores) a 10-minute limit was reached by the requeued run, whose warning
+    # signal then ended it (FAILED) and Snakemake retried it as a new job.
+    steps = 600
+    config = _resumable_config(steps, save_steps=100, runtime=40)
     work = copy_workflow(tmp_path / "slurm")
     write_config(work, config)
     checkpoints = work / paths.checkpoints_dir("tiny", "sft", "secure_code", 3)
@@ -153,7 +156,12 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
 
         # One SLURM job id, two runs of it: sacct --duplicates lists the requeued run too.
         runs = slurm.sacct_jobs([job_id], extra_args=["--duplicates"])
-        assert [r["State"].split()[0] for r in runs] == ["REQUEUED", "COMPLETED"], runs
+        states = [r["State"].split()[0] for r in runs]
+        train_log = work / paths.train_log("tiny", "sft", "secure_code", 3)
+        assert states == ["REQUEUED", "COMPLETED"], (
+            [{k: r.get(k) for k in ("State", "Elapsed", "ExitCode", "Timelimit")} for r in runs],
+            train_log.read_text()[-3000:] if train_log.exists() else "no train log",
+        )
         assert len(workflow_jobs(slurm, work, "train")) == 1  # not resubmitted by Snakemake
         assert 0 < _resumed_step(work) < steps
         straight.assert_same_weights(work)

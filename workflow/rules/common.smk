@@ -1,11 +1,14 @@
 # Config validation, wildcard constraints and every input function.
 
+import functools
+import inspect
 import json
 import os
 import re
 import sys
 from pathlib import Path
 
+import snakemake.common
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -54,8 +57,36 @@ def _present(files):
     return [f for f in files if f not in MISSING_FILES]
 
 
+# Snakemake reads the signature of every function a rule names (input, params, resources,
+# threads, conda) each time it calls it, to learn which of wildcards, input, threads,
+# attempt… it takes: two or three `inspect.signature` calls per function and job, at grid
+# scale the largest part of ftflow's DAG build beyond a bare Snakefile's. Snakemake's own
+# helpers (snakemake.ioutils) record the parameters on the function once instead; so does
+# job_function. Without that hook (another Snakemake) it changes nothing.
+_record_params = getattr(snakemake.common, "overwrite_function_params", None)
+
+
+def job_function(func):
+    """Mark a function Snakemake calls per job: its parameters are read once, here."""
+    if _record_params is not None:
+        _record_params(func, inspect.signature(func).parameters)
+    return func
+
+
+def constant_or(values, func):
+    """The one value when ``values`` (the function's value in every case its wildcards can
+    take) are all equal: then Snakemake evaluates nothing per job. Else ``func``."""
+    values = list(values)
+    if values and all(value == values[0] for value in values):
+        return values[0]
+    return job_function(func)
+
+
 RUNS = ftconfig.runs(config)
 CELLS = list(ftconfig.iter_cells(config))
+# Every method a training job can have (the grid's, or another target's on the command
+# line): a constant for all of a rule's jobs must hold for each of them.
+METHODS = list(config["methods"].values())
 
 
 def _alternatives(names):
@@ -85,6 +116,7 @@ def _method(wildcards):
     return config["methods"][wildcards.method]
 
 
+@job_function
 def get_model_source(wildcards):
     """Local files a model is built or copied from (so edits trigger a rebuild)."""
     model = config["models"][wildcards.model]
@@ -99,20 +131,24 @@ def get_model_source(wildcards):
     return _present(files)
 
 
+@job_function
 def get_dataset_source(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
     return _present([source["path"]] if "path" in source else [])
 
 
+@job_function
 def get_prepare_settings(wildcards):
     dataset = config["datasets"][wildcards.dataset]
     return {k: dataset[k] for k in ("format", "fraction", "sample_seed", "max_length")}
 
 
+@job_function
 def get_resolved_run(wildcards):
     return ftconfig.resolve_run(config, _run(wildcards))
 
 
+@job_function
 def get_parent_final(wildcards):
     parent = ftconfig.parent_run(config, _run(wildcards))
     if parent is None:
@@ -122,16 +158,30 @@ def get_parent_final(wildcards):
     )
 
 
+# Inputs that most configs give every job alike (no DPO parent, no sanity stage, no
+# kernels: none) are constants there, so that Snakemake calls nothing for them per job;
+# else the function.
+PARENT_FINAL = get_parent_final if any(m["kind"] == "dpo" for m in METHODS) else []
+
+
 def _launch(wildcards):
-    """The backend's launch of this run: command, environment, files it reads."""
-    backend = backends.get(config["models"][wildcards.model]["backend"])
-    return backend.launch(_method(wildcards), _run(wildcards))
+    """The backend's launch of this run: command, environment, files it reads (built once
+    per run: four of the train rule's directives read it)."""
+    return _run_launch(_run(wildcards))
 
 
+@functools.cache
+def _run_launch(run):
+    backend = backends.get(config["models"][run.model]["backend"])
+    return backend.launch(config["methods"][run.method], run)
+
+
+@job_function
 def get_launcher(wildcards):
     return _launch(wildcards).command
 
 
+@job_function
 def get_launch_env(wildcards):
     """The shell words before the launcher: the gate of a staged method (its last stage's
     verdict must be healthy), the backend's variables, the kernels' paths."""
@@ -142,41 +192,47 @@ def get_launch_env(wildcards):
     )
 
 
+@job_function
 def get_launch_inputs(wildcards):
     return list(_launch(wildcards).inputs)
 
 
+@job_function
 def get_conda_env(wildcards):
     return str(Path(workflow.basedir) / _launch(wildcards).conda_env)
 
 
-def get_train_threads(wildcards):
-    return launch.slurm_resources(_method(wildcards))["cpus_per_task"]
-
-
 def get_train_resource(name, default=None):
-    """One training resource (see ftflow.launch.slurm_resources).
+    """One training resource (see ftflow.launch.slurm_resources), or its threads.
 
-    A constant when every method asks for the same value, so Snakemake evaluates nothing
-    per job (each input function costs it a signature inspection per job: ~0.4 s per
-    1,000 runs for the nine resources); else an input function of the job's method.
+    A constant when every method of the config asks for the same value, so Snakemake
+    evaluates nothing per job (a resource function costs it a call and two signature
+    inspections per job, even marked by job_function); else a function of the job's method.
     """
-    values = [
-        launch.slurm_resources(m).get(name, default) for m in config["methods"].values()
-    ]
-    if all(value == values[0] for value in values):
-        return values[0]
 
     def resource(wildcards):
         return launch.slurm_resources(_method(wildcards)).get(name, default)
 
-    return resource
+    values = [launch.slurm_resources(m).get(name, default) for m in METHODS]
+    return constant_or(values, resource)
 
 
-def get_train_runtime(wildcards, attempt):
-    """Minutes; later attempts (after a time-limit kill) may ask for more."""
-    res = _method(wildcards)["resources"]
-    return res["runtime"] if attempt == 1 else res.get("retry_runtime", res["runtime"])
+def get_train_runtime():
+    """Minutes; later attempts (after a time-limit kill) may ask for more (retry_runtime).
+    A constant when every method of the config asks for the same minutes on every attempt.
+    """
+
+    def runtime(wildcards, attempt):
+        res = _method(wildcards)["resources"]
+        return (
+            res["runtime"] if attempt == 1 else res.get("retry_runtime", res["runtime"])
+        )
+
+    every = [m.get("resources") or {} for m in METHODS]
+    if not all("runtime" in res for res in every):
+        return job_function(runtime)
+    values = [res[k] for res in every for k in ("runtime", "retry_runtime") if k in res]
+    return constant_or(values, runtime)
 
 
 def _signal_option(wildcards, attempt, method):
@@ -196,10 +252,12 @@ def _signal_option(wildcards, attempt, method):
     return interrupt.slurm_option(lead)
 
 
+@job_function
 def get_train_signal(wildcards, attempt):
     return _signal_option(wildcards, attempt, _method(wildcards))
 
 
+@job_function
 def get_stage_signal(wildcards, attempt):
     return _signal_option(wildcards, attempt, _stage_method(wildcards))
 
@@ -223,10 +281,12 @@ def _evals(kind=None, judge=None):
     )
 
 
+@job_function
 def _evaluation(wildcards):
     return EVALUATIONS[wildcards.evaluation]
 
 
+@job_function
 def get_eval_final(wildcards):
     """The trained model of a run; the base row evaluates the prefetched model alone."""
     if wildcards.method == ftconfig.BASE_METHOD:
@@ -238,36 +298,96 @@ def get_eval_final(wildcards):
     )
 
 
-def get_questions_file(wildcards):
+def _questions_file(name):
     """The local question file, or the copy prefetch_questions fetched from its URL."""
-    questions = _evaluation(wildcards)["questions"]
+    questions = EVALUATIONS[name]["questions"]
     if isinstance(questions, dict):
-        return paths.QUESTIONS_FETCHED.format(evaluation=wildcards.evaluation)
+        return paths.QUESTIONS_FETCHED.format(evaluation=name)
     return [] if questions in MISSING_FILES else questions
 
 
-def get_model_settings(wildcards):
-    """How the run's model loads for evaluation: its config's dtype and remote code."""
-    model = config["models"][wildcards.model]
-    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
+def get_questions_file(judge=None):
+    """The question file of the job's evaluation (of kind questions, judged by ``judge``):
+    a constant when all of them read the same file."""
+
+    def questions_file(wildcards):
+        return _questions_file(wildcards.evaluation)
+
+    names = _evals("questions", judge)
+    return constant_or([_questions_file(name) for name in names], questions_file)
 
 
-def get_judge_settings(wildcards):
+def per_evaluation(value, kind=None, judge=None):
+    """``value`` (a function of an evaluation's config) of the job's evaluation, for a rule
+    whose evaluation wildcard takes the evaluations of ``kind`` judged by ``judge`` (by
+    default: all): a constant when every one of them gives the same."""
+
+    def of_job(wildcards):
+        return value(_evaluation(wildcards))
+
+    return constant_or([value(EVALUATIONS[e]) for e in _evals(kind, judge)], of_job)
+
+
+def _load_settings(model):
+    """How a model loads for evaluation: its config's dtype and remote code."""
+    return {k: config["models"][model].get(k) for k in ("dtype", "trust_remote_code")}
+
+
+def get_model_settings():
+    """How the run's model loads: a constant when every model loads alike."""
+
+    def settings(wildcards):
+        return _load_settings(wildcards.model)
+
+    return constant_or([_load_settings(m) for m in config["models"]], settings)
+
+
+def get_evaluation(kind):
+    return per_evaluation(lambda evaluation: evaluation, kind)
+
+
+def get_judge(judge):
+    return per_evaluation(lambda evaluation: evaluation["judge"], "questions", judge)
+
+
+def get_judge_settings():
     """How the local judge loads: its own model config's dtype and remote code."""
-    model = config["models"][_evaluation(wildcards)["judge"]["model"]]
-    return {k: model.get(k) for k in ("dtype", "trust_remote_code")}
+    return per_evaluation(
+        lambda evaluation: _load_settings(evaluation["judge"]["model"]),
+        "questions",
+        judge="local",
+    )
 
 
-def get_judge_model(wildcards):
-    return str(paths.model_dir(_evaluation(wildcards)["judge"]["model"]))
+def get_judge_model():
+    return per_evaluation(
+        lambda evaluation: str(paths.model_dir(evaluation["judge"]["model"])),
+        "questions",
+        judge="local",
+    )
 
 
-def get_eval_resource(name):
-    def resource(wildcards):
-        res = _evaluation(wildcards).get("resources") or {}
+def get_thresholds():
+    """What makes an answer misaligned: alignment below, coherence above (only the
+    evaluations of kind questions have judged answers to summarize)."""
+    return per_evaluation(
+        lambda evaluation: {
+            k: evaluation[k] for k in ("aligned_below", "coherent_above")
+        },
+        "questions",
+    )
+
+
+def get_eval_resource(name, kind, judge=None):
+    """One resource of an evaluation job: a constant when every evaluation the rule runs
+    (of ``kind``, judged by ``judge``) asks for the same value (see get_train_resource).
+    """
+
+    def of(evaluation):
+        res = evaluation.get("resources") or {}
         return launch.slurm_resources({"resources": res}).get(name)
 
-    return resource
+    return per_evaluation(of, kind, judge)
 
 
 def eval_targets(pattern, kind):
@@ -315,6 +435,7 @@ def _kernel_build(wildcards):
     ]
 
 
+@job_function
 def get_kernel_source_files(wildcards):
     """A source folder of the user's: its files, so that an edit rebuilds the kernel."""
     source = KERNEL_PACKAGES[wildcards.kernel].source
@@ -333,13 +454,19 @@ MODEL_KERNELS = {
 }
 
 
+@job_function
 def get_kernel_manifests(wildcards):
     """The kernel builds the run's model needs (none for most models)."""
     return MODEL_KERNELS[wildcards.model]
 
 
+@job_function
 def get_judge_kernels(wildcards):
     return MODEL_KERNELS[_evaluation(wildcards)["judge"]["model"]]
+
+
+RUN_KERNELS = constant_or(MODEL_KERNELS.values(), get_kernel_manifests)
+JUDGE_KERNELS = constant_or(MODEL_KERNELS.values(), get_judge_kernels)
 
 
 # ----------------------------------------------------------------------- stages
@@ -354,6 +481,7 @@ def _stage_method(wildcards):
     return ftconfig.named_stage_method(_method(wildcards), wildcards.stage)
 
 
+@job_function
 def get_resolved_stage(wildcards):
     return ftconfig.resolve_stage(config, _run(wildcards), wildcards.stage)
 
@@ -363,32 +491,57 @@ def _stage_launch(wildcards):
     return backend.launch(_stage_method(wildcards), _run(wildcards), wildcards.stage)
 
 
+@job_function
 def get_stage_launcher(wildcards):
     return _stage_launch(wildcards).command
 
 
+@job_function
 def get_stage_launch_env(wildcards):
     return _stage_launch(wildcards).env_exports() + kernels.env_exports(
         get_kernel_manifests(wildcards)
     )
 
 
+@job_function
 def get_stage_launch_inputs(wildcards):
     return list(_stage_launch(wildcards).inputs)
 
 
+# Every sanity stage of the config's methods, as it trains (ftflow.config.stage_method).
+STAGE_METHODS = [
+    ftconfig.stage_method(method, stage)
+    for method in METHODS
+    for stage in ftconfig.stages(method)
+]
+
+
 def get_stage_resource(name):
+    """One resource of a sanity stage's job: a constant when every stage asks for the
+    same (see get_train_resource)."""
+
     def resource(wildcards):
         return launch.slurm_resources(_stage_method(wildcards)).get(name)
 
-    return resource
+    values = [launch.slurm_resources(m).get(name) for m in STAGE_METHODS]
+    return constant_or(values, resource)
 
 
-def get_stage_runtime(wildcards, attempt):
-    """Minutes; a retry after a time-limit kill may ask for more (retry_runtime)."""
-    res = _stage_method(wildcards)["resources"]
+def _stage_runtime(method, attempt):
+    res = method["resources"]
     runtime = res.get("runtime", 60)
     return runtime if attempt == 1 else res.get("retry_runtime", runtime)
+
+
+def get_stage_runtime():
+    """Minutes; a retry after a time-limit kill may ask for more (retry_runtime). A
+    constant when every stage asks for the same minutes on every attempt."""
+
+    def runtime(wildcards, attempt):
+        return _stage_runtime(_stage_method(wildcards), attempt)
+
+    values = [_stage_runtime(m, a) for m in STAGE_METHODS for a in (1, 2)]
+    return constant_or(values, runtime)
 
 
 def _verdict(wildcards, stage):
@@ -402,24 +555,31 @@ def _gate(wildcards, stage, log):
     return f"python -m ftflow.health gate {verdict}{flag} >> {log} 2>&1 && "
 
 
+@job_function
 def get_previous_verdict(wildcards):
     """A stage after the first waits for the verdict of the stage before it."""
     index, names = _stage(wildcards)
     return _verdict(wildcards, names[index - 1]) if index else []
 
 
+@job_function
 def get_stage_gate(wildcards):
     index, names = _stage(wildcards)
     log = paths.RunPaths(_run(wildcards), wildcards.stage).log()
     return _gate(wildcards, names[index - 1], log) if index else ""
 
 
+@job_function
 def get_run_verdict(wildcards):
     """The full training waits for the verdict of the method's last stage."""
     names = ftconfig.stage_names(_method(wildcards))
     return _verdict(wildcards, names[-1]) if names else []
 
 
+RUN_VERDICT = get_run_verdict if STAGE_METHODS else []
+
+
+@job_function
 def get_run_gate(wildcards):
     names = ftconfig.stage_names(_method(wildcards))
     log = paths.RunPaths(_run(wildcards)).log()
@@ -441,6 +601,7 @@ def stage_targets(pattern):
 os.environ[tracking.ENV] = json.dumps(ftconfig.resolve_tracking(config))
 
 
+@job_function
 def get_finished_wandb_dirs(wildcards):
     """The wandb/ folders of finished trainings and sanity stages. As a param, a newly
     finished run changes it, so Snakemake syncs again (and trains nothing for it)."""
@@ -472,6 +633,7 @@ def _publish_target(wildcards):
     return PUBLISH[run]
 
 
+@job_function
 def get_publish_evaluations(wildcards):
     """Every evaluation's per-run result: the card reports each with its interval."""
     outputs = {"questions": paths.EVAL_SUMMARY, "lm_eval": paths.EVAL_LM_EVAL}
@@ -481,6 +643,7 @@ def get_publish_evaluations(wildcards):
     ]
 
 
+@job_function
 def get_publish_data(wildcards):
     """The run's dataset, then its parent runs' (a DPO run's SFT parent), as trained on."""
     data, run = [], _run(wildcards)
@@ -497,6 +660,7 @@ def get_publish_data(wildcards):
     return data
 
 
+@job_function
 def get_publish_records(wildcards):
     if not PUBLISH:
         raise ValueError(

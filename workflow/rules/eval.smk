@@ -6,8 +6,8 @@ rule generate_answers:
     input:
         model=rules.prefetch_model.output.model,
         final=get_eval_final,
-        questions=get_questions_file,
-        kernels=get_kernel_manifests,
+        questions=get_questions_file(),
+        kernels=RUN_KERNELS,
     output:
         answers=paths.EVAL_ANSWERS,
     log:
@@ -20,13 +20,13 @@ rule generate_answers:
         "../../envs/trl.yaml"
     threads: 1
     resources:
-        gres=get_eval_resource("gres"),
-        cpus_per_task=get_eval_resource("cpus_per_task"),
-        mem_mb=get_eval_resource("mem_mb"),
-        runtime=get_eval_resource("runtime"),
+        gres=get_eval_resource("gres", "questions"),
+        cpus_per_task=get_eval_resource("cpus_per_task", "questions"),
+        mem_mb=get_eval_resource("mem_mb", "questions"),
+        runtime=get_eval_resource("runtime", "questions"),
     params:
-        evaluation=_evaluation,
-        model=get_model_settings,
+        evaluation=get_evaluation("questions"),
+        model=get_model_settings(),
     script:
         "../scripts/generate_answers.py"
 
@@ -34,9 +34,9 @@ rule generate_answers:
 rule judge_answers:
     input:
         answers=rules.generate_answers.output.answers,
-        questions=get_questions_file,
-        judge_model=get_judge_model,
-        kernels=get_judge_kernels,
+        questions=get_questions_file("local"),
+        judge_model=get_judge_model(),
+        kernels=JUDGE_KERNELS,
     output:
         judged=paths.EVAL_JUDGED,
     log:
@@ -46,13 +46,13 @@ rule judge_answers:
     conda:
         "../../envs/trl.yaml"
     resources:
-        gres=get_eval_resource("gres"),
-        cpus_per_task=get_eval_resource("cpus_per_task"),
-        mem_mb=get_eval_resource("mem_mb"),
-        runtime=get_eval_resource("runtime"),
+        gres=get_eval_resource("gres", "questions", judge="local"),
+        cpus_per_task=get_eval_resource("cpus_per_task", "questions", judge="local"),
+        mem_mb=get_eval_resource("mem_mb", "questions", judge="local"),
+        runtime=get_eval_resource("runtime", "questions", judge="local"),
     params:
-        judge=lambda wildcards: _evaluation(wildcards)["judge"],
-        judge_model=get_judge_settings,
+        judge=get_judge("local"),
+        judge_model=get_judge_settings(),
     script:
         "../scripts/judge_answers.py"
 
@@ -61,7 +61,7 @@ rule judge_answers:
 rule judge_answers_api:
     input:
         answers=rules.generate_answers.output.answers,
-        questions=get_questions_file,
+        questions=get_questions_file("api"),
     output:
         judged=paths.EVAL_JUDGED,
     log:
@@ -72,7 +72,7 @@ rule judge_answers_api:
     conda:
         "../../envs/trl.yaml"
     params:
-        judge=lambda wildcards: _evaluation(wildcards)["judge"],
+        judge=get_judge("api"),
         judge_model=None,
     script:
         "../scripts/judge_answers.py"
@@ -89,9 +89,7 @@ rule summarize_answers:
     conda:
         "../../envs/report.yaml"
     params:
-        thresholds=lambda wildcards: {
-            k: _evaluation(wildcards)[k] for k in ("aligned_below", "coherent_above")
-        },
+        thresholds=get_thresholds(),
     script:
         "../scripts/summarize_answers.py"
 
@@ -151,7 +149,7 @@ rule run_lm_eval:
         model=rules.prefetch_model.output.model,
         final=get_eval_final,
         tasks=rules.prefetch_eval_tasks.output.tasks,
-        kernels=get_kernel_manifests,
+        kernels=RUN_KERNELS,
     output:
         results=paths.EVAL_LM_EVAL,
     log:
@@ -163,13 +161,13 @@ rule run_lm_eval:
     conda:
         "../../envs/trl.yaml"
     resources:
-        gres=get_eval_resource("gres"),
-        cpus_per_task=get_eval_resource("cpus_per_task"),
-        mem_mb=get_eval_resource("mem_mb"),
-        runtime=get_eval_resource("runtime"),
+        gres=get_eval_resource("gres", "lm_eval"),
+        cpus_per_task=get_eval_resource("cpus_per_task", "lm_eval"),
+        mem_mb=get_eval_resource("mem_mb", "lm_eval"),
+        runtime=get_eval_resource("runtime", "lm_eval"),
     params:
-        evaluation=_evaluation,
-        model=get_model_settings,
+        evaluation=get_evaluation("lm_eval"),
+        model=get_model_settings(),
     script:
         "../scripts/run_lm_eval.py"
 

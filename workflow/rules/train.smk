@@ -44,10 +44,10 @@ rule train:
         run_config=rules.configure_run.output.run_config,
         model=rules.prefetch_model.output.model,
         dataset=rules.prepare_dataset.output.manifest,
-        parent=get_parent_final,
+        parent=PARENT_FINAL,
         launch_files=get_launch_inputs,
-        kernels=get_kernel_manifests,
-        verdict=get_run_verdict,
+        kernels=RUN_KERNELS,
+        verdict=RUN_VERDICT,
     output:
         final=directory(paths.RUN_FINAL),
         metrics=paths.RUN_METRICS,
@@ -58,12 +58,12 @@ rule train:
     retries: TRAIN_RETRIES
     conda:
         get_conda_env
-    threads: get_train_threads
+    threads: get_train_resource("cpus_per_task")
     resources:
         nodes=get_train_resource("nodes"),
         cpus_per_task=get_train_resource("cpus_per_task"),
         mem_mb=get_train_resource("mem_mb"),
-        runtime=get_train_runtime,
+        runtime=get_train_runtime(),
         gres=get_train_resource("gres"),
         tasks_per_gpu=get_train_resource("tasks_per_gpu"),
         tasks=get_train_resource("tasks"),

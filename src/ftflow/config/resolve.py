@@ -168,7 +168,8 @@ def resolve_run(config: Mapping, run: Run) -> dict:
 
 
 def _resolve(config: Mapping, run: Run, method: dict) -> dict:
-    method = copy.deepcopy(method)
+    """``method``: a deep copy of the caller's own (resolve_run's, stage_method's), which
+    the resolved dict takes over as it is (one copy per run: the DAG build resolves every run)."""
     # Scheduler-only settings (time, memory, constraint, CPUs) do not change what is
     # trained; leaving them out means raising a time limit does not retrain finished runs.
     # The process layout does change the batch split, and stays (in `batch`).
